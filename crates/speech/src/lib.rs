@@ -3,9 +3,12 @@
 //! # Layout
 //! - [`error`]: the crate's error type.
 //! - [`earshot_vad`]: the default VAD (pure Rust, weights built in).
+//! - [`models`]: the model cache and `download-files`.
 
 pub mod earshot_vad;
 pub mod error;
+pub mod models;
 
 pub use earshot_vad::{EarshotVad, EarshotVadFactory};
 pub use error::SpeechError;
+pub use models::{ModelCache, ModelFile};
