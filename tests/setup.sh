@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Idempotent installer for everything the end-to-end tests in this directory need
+# on a fresh Debian machine:
+#   - Debian packages: espeak-ng (speech fixtures), libopus-dev + pkg-config (Opus codec),
+#     python3-venv (the human-side client's venv)
+#   - the real LiveKit server, built with `go install` and cached
+#   - a Python venv with the LiveKit Python SDK (livekit, livekit-api), pinned
+#
+# Everything is cached under $VOICE_AGENT_TEST_CACHE (default ~/.cache/voice-agent-test).
+# Re-running it does nothing when everything is already present.
+set -euo pipefail
+
+CACHE="${VOICE_AGENT_TEST_CACHE:-$HOME/.cache/voice-agent-test}"
+LIVEKIT_SERVER_VERSION="v1.13.5"
+PY_LIVEKIT_VERSION="1.2.1"
+PY_LIVEKIT_API_VERSION="1.2.2"
+
+mkdir -p "$CACHE/bin"
+
+need_apt=()
+command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+SERVER_BIN="$CACHE/bin/livekit-server-$LIVEKIT_SERVER_VERSION"
+if [ ! -x "$SERVER_BIN" ]; then
+    echo "setup: building livekit-server $LIVEKIT_SERVER_VERSION (go install, a few minutes)"
+    if ! command -v go >/dev/null 2>&1; then
+        if [ -x /usr/local/go/bin/go ]; then export PATH="/usr/local/go/bin:$PATH"; else
+            echo "setup: Go >= 1.26 is required to build livekit-server" >&2; exit 1; fi
+    fi
+    GOBIN_DIR="$CACHE/gobin"
+    mkdir -p "$GOBIN_DIR"
+    GOBIN="$GOBIN_DIR" GOPATH="$CACHE/gopath" GOFLAGS="-modcacherw" \
+        nice -n 10 go install "github.com/livekit/livekit-server/cmd/server@$LIVEKIT_SERVER_VERSION"
+    mv "$GOBIN_DIR/server" "$SERVER_BIN"
+fi
+
+VENV="$CACHE/venv"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import livekit.rtc, livekit.api" >/dev/null 2>&1; then
+    echo "setup: creating the Python venv with livekit==$PY_LIVEKIT_VERSION livekit-api==$PY_LIVEKIT_API_VERSION"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q "livekit==$PY_LIVEKIT_VERSION" "livekit-api==$PY_LIVEKIT_API_VERSION" numpy
+fi
+
+echo "setup: ok (server $SERVER_BIN, venv $VENV)"
