@@ -1,0 +1,380 @@
+//! The agent's outgoing audio: a bounded queue between the reply that produces
+//! speech and the sink that plays it (room track, speaker, file), with the
+//! controls turn taking needs — pause, resume, and clear at once — and the
+//! accounting of what was actually played, text included.
+//!
+//! Three ends, each owned by one party:
+//! - [`PlayoutWriter`] (the reply task) queues frames tagged with a generation;
+//! - [`PlayoutControl`] (the session) starts generations, pauses, clears, and
+//!   reads [`PlaybackEvent`]s;
+//! - [`PlayoutReader`] (the sink) takes frames to play.
+//!
+//! A clear bumps the current generation: queued frames of older generations
+//! are dropped when the reader reaches them, so clearing never waits behind
+//! the queue. Events go through a small mutex-guarded deque (at most two per
+//! generation), so the sink never blocks on the session.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::audio::{AudioFrame, duration_of};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlaybackEvent {
+    /// The first frame of generation `generation` went to the sink.
+    Started { generation: u64 },
+    /// Generation `generation` is over: played to its end, or cleared.
+    Finished {
+        generation: u64,
+        played: Duration,
+        /// The text of the frames that were played.
+        text: String,
+        interrupted: bool,
+    },
+}
+
+/// What a sink gets from [`PlayoutReader::recv`].
+#[derive(Debug)]
+pub enum Playout {
+    Frame(AudioFrame),
+    /// Queued audio was dropped: the sink drops what it buffered too.
+    Cleared,
+}
+
+enum Item {
+    Audio {
+        generation: u64,
+        frame: AudioFrame,
+        text: String,
+    },
+    End {
+        generation: u64,
+    },
+}
+
+struct Shared {
+    sample_rate: u32,
+    generation: AtomicU64,
+    paused: AtomicBool,
+    /// Wakes the reader on clear, pause and resume.
+    wake: Notify,
+    events: Mutex<VecDeque<PlaybackEvent>>,
+    /// Wakes the session when an event is queued.
+    event_ready: Notify,
+}
+
+impl Shared {
+    fn emit(&self, event: PlaybackEvent) {
+        if let Ok(mut q) = self.events.lock() {
+            q.push_back(event);
+        }
+        self.event_ready.notify_one();
+    }
+}
+
+/// Creates a playout queue holding up to `capacity` frames.
+pub fn playout(sample_rate: u32, capacity: usize) -> (PlayoutWriter, PlayoutControl, PlayoutReader) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(Shared {
+        sample_rate,
+        generation: AtomicU64::new(0),
+        paused: AtomicBool::new(false),
+        wake: Notify::new(),
+        events: Mutex::new(VecDeque::new()),
+        event_ready: Notify::new(),
+    });
+    (
+        PlayoutWriter {
+            tx,
+            shared: shared.clone(),
+        },
+        PlayoutControl {
+            shared: shared.clone(),
+        },
+        PlayoutReader {
+            rx,
+            shared,
+            active: None,
+        },
+    )
+}
+
+/// Queues audio. Cheap to clone; each reply task holds one.
+#[derive(Clone)]
+pub struct PlayoutWriter {
+    tx: mpsc::Sender<Item>,
+    shared: Arc<Shared>,
+}
+
+/// The sink is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("audio output closed")]
+pub struct PlayoutClosed;
+
+impl PlayoutWriter {
+    pub fn sample_rate(&self) -> u32 {
+        self.shared.sample_rate
+    }
+
+    /// Queues a frame; waits while the queue is full.
+    pub async fn push(&self, generation: u64, frame: AudioFrame, text: String) -> Result<(), PlayoutClosed> {
+        self.tx
+            .send(Item::Audio {
+                generation,
+                frame,
+                text,
+            })
+            .await
+            .map_err(|_| PlayoutClosed)
+    }
+
+    /// Marks the end of a generation's audio.
+    pub async fn end(&self, generation: u64) -> Result<(), PlayoutClosed> {
+        self.tx
+            .send(Item::End { generation })
+            .await
+            .map_err(|_| PlayoutClosed)
+    }
+}
+
+/// The session's end.
+pub struct PlayoutControl {
+    shared: Arc<Shared>,
+}
+
+impl PlayoutControl {
+    /// Starts a new generation (a new reply); frames of older ones are dropped.
+    pub fn begin(&self) -> u64 {
+        self.shared.paused.store(false, Ordering::SeqCst);
+        let g = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.wake.notify_one();
+        g
+    }
+
+    /// Drops all queued audio now.
+    pub fn clear(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    pub fn try_event(&self) -> Option<PlaybackEvent> {
+        self.shared.events.lock().ok()?.pop_front()
+    }
+
+    /// Waits for the next playback event.
+    pub async fn event(&self) -> PlaybackEvent {
+        loop {
+            let notified = self.shared.event_ready.notified();
+            if let Some(e) = self.try_event() {
+                return e;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Active {
+    generation: u64,
+    samples: usize,
+    text: String,
+}
+
+/// The sink's end.
+pub struct PlayoutReader {
+    rx: mpsc::Receiver<Item>,
+    shared: Arc<Shared>,
+    /// The generation being played and what of it went out.
+    active: Option<Active>,
+}
+
+impl PlayoutReader {
+    pub fn sample_rate(&self) -> u32 {
+        self.shared.sample_rate
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    /// Whether a generation is being played (a reply is in progress).
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The next frame to play, waiting for one (and while paused). `None`
+    /// when the writers and the control are gone.
+    pub async fn recv(&mut self) -> Option<Playout> {
+        let shared = self.shared.clone();
+        loop {
+            let woken = shared.wake.notified();
+            if let Some(out) = self.check_cleared() {
+                return Some(out);
+            }
+            if self.is_paused() {
+                woken.await;
+                continue;
+            }
+            tokio::select! {
+                item = self.rx.recv() => match item {
+                    None => return self.closed(),
+                    Some(item) => {
+                        if let Some(out) = self.accept(item) {
+                            return Some(out);
+                        }
+                    }
+                },
+                _ = woken => {}
+            }
+        }
+    }
+
+    /// Like [`recv`](Self::recv) without waiting: `None` when nothing is
+    /// ready now (or while paused).
+    pub fn try_recv(&mut self) -> Option<Playout> {
+        loop {
+            if let Some(out) = self.check_cleared() {
+                return Some(out);
+            }
+            if self.is_paused() {
+                return None;
+            }
+            let item = self.rx.try_recv().ok()?;
+            if let Some(out) = self.accept(item) {
+                return Some(out);
+            }
+        }
+    }
+
+    fn check_cleared(&mut self) -> Option<Playout> {
+        let current = self.shared.generation.load(Ordering::SeqCst);
+        if self.active.as_ref().is_some_and(|a| a.generation != current) {
+            self.finish(true);
+            return Some(Playout::Cleared);
+        }
+        None
+    }
+
+    fn accept(&mut self, item: Item) -> Option<Playout> {
+        let current = self.shared.generation.load(Ordering::SeqCst);
+        match item {
+            Item::Audio {
+                generation,
+                frame,
+                text,
+            } if generation == current => {
+                let active = self.active.get_or_insert_with(|| {
+                    self.shared.emit(PlaybackEvent::Started { generation });
+                    Active {
+                        generation,
+                        samples: 0,
+                        text: String::new(),
+                    }
+                });
+                active.samples += frame.samples_per_channel();
+                active.text.push_str(&text);
+                Some(Playout::Frame(frame))
+            }
+            Item::End { generation } if generation == current => {
+                if self.active.is_none() {
+                    // A reply with no audio at all still ends.
+                    self.active = Some(Active {
+                        generation,
+                        samples: 0,
+                        text: String::new(),
+                    });
+                }
+                self.finish(false);
+                None
+            }
+            _ => None, // stale: from a cleared generation
+        }
+    }
+
+    fn finish(&mut self, interrupted: bool) {
+        if let Some(a) = self.active.take() {
+            self.shared.emit(PlaybackEvent::Finished {
+                generation: a.generation,
+                played: duration_of(a.samples, self.shared.sample_rate),
+                text: a.text,
+                interrupted,
+            });
+        }
+    }
+
+    fn closed(&mut self) -> Option<Playout> {
+        self.finish(true);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ms: u64) -> AudioFrame {
+        AudioFrame::silence(Duration::from_millis(ms), 1000, 1)
+    }
+
+    #[tokio::test]
+    async fn played_text_is_what_the_sink_took_before_the_clear() {
+        let (w, c, mut r) = playout(1000, 16);
+        let g = c.begin();
+        for word in ["one ", "two ", "three ", "four"] {
+            w.push(g, frame(100), word.into()).await.expect("push");
+        }
+        assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
+        assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
+        c.clear();
+        assert!(matches!(r.recv().await, Some(Playout::Cleared)));
+        assert_eq!(c.try_event(), Some(PlaybackEvent::Started { generation: g }));
+        assert_eq!(
+            c.try_event(),
+            Some(PlaybackEvent::Finished {
+                generation: g,
+                played: Duration::from_millis(200),
+                text: "one two ".into(),
+                interrupted: true
+            })
+        );
+        // The rest of the old generation is never played.
+        let g2 = c.begin();
+        w.push(g2, frame(10), "new".into()).await.expect("push");
+        match r.recv().await {
+            Some(Playout::Frame(f)) => assert_eq!(f.samples.len(), 10),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pause_holds_frames_and_resume_releases_them() {
+        let (w, c, mut r) = playout(1000, 16);
+        let g = c.begin();
+        w.push(g, frame(10), "a".into()).await.expect("push");
+        c.pause();
+        assert!(r.try_recv().is_none());
+        c.resume();
+        assert!(matches!(r.try_recv(), Some(Playout::Frame(_))));
+        w.end(g).await.expect("end");
+        assert!(r.try_recv().is_none());
+        let _ = c.try_event();
+        assert!(matches!(
+            c.try_event(),
+            Some(PlaybackEvent::Finished { interrupted: false, .. })
+        ));
+    }
+}
