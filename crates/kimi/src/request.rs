@@ -1,0 +1,163 @@
+//! The request as the wire sees it: the chat-completions JSON body (messages,
+//! tools, `stream`, `stream_options`, `extra_kwargs`) and the endpoint URL.
+//! Pure functions, tested on their output.
+
+use agent::{ChatMessage, Role, ToolSpec};
+use serde_json::{Map, Value, json};
+
+/// The conversation in OpenAI's `messages` shape: system, user and assistant
+/// text; assistant `tool_calls`; tool results with their `tool_call_id`.
+pub fn messages_json(messages: &[ChatMessage]) -> Value {
+    Value::Array(messages.iter().map(message_json).collect())
+}
+
+fn message_json(m: &ChatMessage) -> Value {
+    let role = match m.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    let mut obj = Map::new();
+    obj.insert("role".into(), Value::from(role));
+    match m.role {
+        Role::Assistant if !m.tool_calls.is_empty() => {
+            // OpenAI wants null rather than "" beside tool calls.
+            let content = if m.content.is_empty() {
+                Value::Null
+            } else {
+                Value::from(m.content.as_str())
+            };
+            obj.insert("content".into(), content);
+            let calls = m
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    })
+                })
+                .collect();
+            obj.insert("tool_calls".into(), Value::Array(calls));
+        }
+        Role::Tool => {
+            obj.insert("content".into(), Value::from(m.content.as_str()));
+            obj.insert(
+                "tool_call_id".into(),
+                Value::from(m.tool_call_id.clone().unwrap_or_default()),
+            );
+        }
+        _ => {
+            obj.insert("content".into(), Value::from(m.content.as_str()));
+        }
+    }
+    Value::Object(obj)
+}
+
+/// The tools as `{"type":"function","function":{name, description, parameters}}`.
+pub fn tools_json(tools: &[ToolSpec]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The full body for one target. `tools` is left out when empty (some
+/// servers refuse an empty list). `extra` was checked not to hold reserved keys.
+pub fn body(model: &str, messages: &Value, tools: &Value, extra: &Map<String, Value>) -> Vec<u8> {
+    let mut obj = Map::new();
+    obj.insert("model".into(), Value::from(model));
+    obj.insert("messages".into(), messages.clone());
+    if tools.as_array().is_some_and(|t| !t.is_empty()) {
+        obj.insert("tools".into(), tools.clone());
+    }
+    obj.insert("stream".into(), Value::Bool(true));
+    obj.insert("stream_options".into(), json!({"include_usage": true}));
+    for (k, v) in extra {
+        obj.insert(k.clone(), v.clone());
+    }
+    // Serializing a Value with string keys cannot fail.
+    serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
+}
+
+/// `{base}/chat/completions`, whatever trailing slashes `base` has.
+pub fn endpoint(base: &str) -> String {
+    format!("{}/chat/completions", base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::ToolCall;
+
+    #[test]
+    fn body_has_everything_and_merges_extra_kwargs() {
+        let messages = messages_json(&[
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Weather in Paris?"),
+            ChatMessage::assistant_tool_calls(
+                "",
+                vec![ToolCall {
+                    id: "functions.get_weather:0".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                }],
+            ),
+            ChatMessage::tool_result("functions.get_weather:0", "sunny, 21°C"),
+            ChatMessage::assistant("It is sunny."),
+        ]);
+        let tools = tools_json(&[ToolSpec {
+            name: "get_weather".into(),
+            description: "Weather for a city".into(),
+            parameters: json!({"type":"object","properties":{"city":{"type":"string"}}}),
+        }]);
+        let mut extra = Map::new();
+        extra.insert("temperature".into(), json!(0.6));
+        extra.insert("max_completion_tokens".into(), json!(256));
+        let bytes = body("moonshotai/kimi-k2.6", &messages, &tools, &extra);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["model"], "moonshotai/kimi-k2.6");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["temperature"], 0.6);
+        assert_eq!(v["max_completion_tokens"], 256);
+        assert!(v.get("provider").is_none());
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0], json!({"role":"system","content":"Be brief."}));
+        assert_eq!(m[2]["content"], Value::Null);
+        assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(m[2]["tool_calls"][0]["type"], "function");
+        assert_eq!(
+            m[3],
+            json!({"role":"tool","content":"sunny, 21°C","tool_call_id":"functions.get_weather:0"})
+        );
+        assert_eq!(v["tools"][0]["function"]["parameters"]["type"], "object");
+    }
+
+    #[test]
+    fn empty_tools_are_left_out() {
+        let v: Value =
+            serde_json::from_slice(&body("m", &json!([]), &json!([]), &Map::new())).unwrap();
+        assert!(v.get("tools").is_none());
+    }
+
+    #[test]
+    fn endpoint_joins_cleanly() {
+        assert_eq!(endpoint("http://h/v1/"), "http://h/v1/chat/completions");
+        assert_eq!(endpoint("http://h/v1"), "http://h/v1/chat/completions");
+    }
+}
