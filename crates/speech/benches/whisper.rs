@@ -1,0 +1,227 @@
+//! Whisper tiny.en benchmark: real-time factor of one decode (trimmed and
+//! full 30 s encoder window), and the latency from `SpeechEnded` to `Final`
+//! for a ~3 s utterance through the `Stt` stream, one session and four at
+//! once. Run: `cargo bench -p speech --bench whisper -j2` (needs the model
+//! cache filled by `voice-agent download-files`, and espeak-ng).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput};
+use speech::ModelCache;
+use speech::whisper::{Window, WhisperModel, WhisperOptions, WhisperStt};
+
+const RATE: usize = 16_000;
+const FRAME: usize = 320;
+const SENTENCE: &str = "Please book a table for two at seven tonight.";
+
+fn read_wav(path: &Path) -> Result<(Vec<i16>, u32), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut pos = 12;
+    let mut rate = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
+        match &bytes[pos..pos + 4] {
+            b"fmt " if body.len() >= 8 => {
+                rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]])
+            }
+            b"data" => {
+                let s = body
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                return Ok((s, rate));
+            }
+            _ => {}
+        }
+        pos += 8 + len + (len & 1);
+    }
+    Err("no data chunk".into())
+}
+
+fn espeak(text: &str) -> Result<Vec<i16>, String> {
+    let wav = std::env::temp_dir().join(format!("whisper-bench-{}.wav", std::process::id()));
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "160", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .map_err(|e| format!("espeak-ng: {e} (apt-get install espeak-ng)"))?;
+    if !status.success() {
+        return Err("espeak-ng failed".into());
+    }
+    let (samples, rate) = read_wav(&wav)?;
+    let _ = std::fs::remove_file(&wav);
+    let frame = Resampler::new(rate, RATE as u32).process(&AudioFrame::new(samples, rate, 1));
+    Ok(frame.samples.to_vec())
+}
+
+fn stats(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    format!(
+        "median {:6.1} ms  mean {:6.1} ms  max {:6.1} ms  (n={})",
+        v[v.len() / 2],
+        mean,
+        v[v.len() - 1],
+        v.len()
+    )
+}
+
+/// One utterance through a stream; returns ms from SpeechEnded to Final.
+async fn session_latency(stt: WhisperStt, speech: Arc<Vec<i16>>, real_time: bool) -> f64 {
+    let mut s = match stt.stream(&JobContext::default()).await {
+        Ok(s) => s,
+        Err(e) => panic!("stream: {e}"),
+    };
+    let lead = RATE / 2;
+    let mut send = |input| {
+        let tx = s.input.clone();
+        async move { tx.send(input).await.is_ok() }
+    };
+    let frame = |c: &[i16]| SttInput::Audio(AudioFrame::new(c.to_vec(), RATE as u32, 1));
+    for c in vec![0i16; lead].chunks(FRAME) {
+        send(frame(c)).await;
+    }
+    send(SttInput::SpeechStarted(Duration::from_secs_f64(0.5))).await;
+    let start = Instant::now();
+    let mut fed = 0usize;
+    // Speech plus the VAD's ~0.3 s of silence before it declares the end.
+    let tail = vec![0i16; RATE * 3 / 10];
+    for c in speech.chunks(FRAME).chain(tail.chunks(FRAME)) {
+        send(frame(c)).await;
+        fed += c.len();
+        if real_time {
+            let due = start + Duration::from_secs_f64(fed as f64 / RATE as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    let end = Duration::from_secs_f64((lead + speech.len()) as f64 / RATE as f64);
+    let t0 = Instant::now();
+    send(SttInput::SpeechEnded(end)).await;
+    loop {
+        match s.events.recv().await {
+            Some(SttEvent::Final(_)) | Some(SttEvent::Empty) => {
+                return t0.elapsed().as_secs_f64() * 1e3;
+            }
+            Some(SttEvent::Error(e)) => panic!("stt error: {e}"),
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+fn main() {
+    let cache = ModelCache::new(ModelCache::default_root());
+    let t = Instant::now();
+    let model = match WhisperModel::load(&cache) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("whisper bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("whisper tiny.en loaded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let speech = match espeak(SENTENCE) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("whisper bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let secs = speech.len() as f64 / RATE as f64;
+    println!("utterance: {secs:.2} s of espeak-ng speech: {SENTENCE:?}");
+    let pcm: Vec<f32> = speech.iter().map(|&s| s as f32 / 32768.0).collect();
+    // 0.3 s pre-padding as the stream adds.
+    let padded: Vec<f32> = std::iter::repeat_n(0.0, RATE * 3 / 10)
+        .chain(pcm.iter().copied())
+        .collect();
+
+    let mut model = model;
+    for (name, window) in [
+        ("trimmed window", Window::default()),
+        ("full 30 s window", Window::Full),
+    ] {
+        model.set_window(window);
+        let mut times = Vec::new();
+        let mut text = String::new();
+        for _ in 0..if window == Window::Full { 3 } else { 10 } {
+            let t = Instant::now();
+            match model.transcribe(&padded) {
+                Ok(r) => text = r.text,
+                Err(e) => panic!("transcribe: {e}"),
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let median = {
+            let mut s = times.clone();
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        };
+        println!(
+            "decode, {name:16}: {}  RTF {:.3}  -> {text:?}",
+            stats(times),
+            median / 1e3 / secs
+        );
+    }
+    model.set_window(Window::default());
+    let model = Arc::new(model);
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let speech = Arc::new(speech);
+    rt.block_on(async {
+        let stt = WhisperStt::new(model.clone(), WhisperOptions::default());
+        let finals_only = WhisperStt::new(
+            model.clone(),
+            WhisperOptions {
+                interim_interval: None,
+                ..Default::default()
+            },
+        );
+        // Warm up.
+        session_latency(finals_only.clone(), speech.clone(), false).await;
+        for (name, stt, real_time, rounds) in [
+            ("1 session, finals only", &finals_only, false, 10),
+            ("1 session, real time, interims", &stt, true, 3),
+        ] {
+            let mut v = Vec::new();
+            for _ in 0..rounds {
+                v.push(session_latency(stt.clone(), speech.clone(), real_time).await);
+            }
+            println!("SpeechEnded -> Final, {name:34}: {}", stats(v));
+        }
+        for (name, stt) in [
+            ("4 sessions, real time, finals only", &finals_only),
+            ("4 sessions, real time, interims", &stt),
+        ] {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| tokio::spawn(session_latency(stt.clone(), speech.clone(), true)))
+                    .collect();
+                for t in tasks {
+                    match t.await {
+                        Ok(ms) => v.push(ms),
+                        Err(e) => panic!("session: {e}"),
+                    }
+                }
+            }
+            println!("SpeechEnded -> Final, {name:34}: {}", stats(v));
+        }
+    });
+}
