@@ -253,7 +253,12 @@ mod tests {
 
     #[test]
     fn resampled_length_matches_ratio_across_odd_chunking() {
-        for (from, to) in [(48000, 16000), (16000, 24000), (44100, 48000), (22050, 16000)] {
+        for (from, to) in [
+            (48000, 16000),
+            (16000, 24000),
+            (44100, 48000),
+            (22050, 16000),
+        ] {
             let input = sine(440.0, from, 1.0);
             let mut r = Resampler::new(from, to);
             let mut out = Vec::new();

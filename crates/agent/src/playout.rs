@@ -77,7 +77,10 @@ impl Shared {
 }
 
 /// Creates a playout queue holding up to `capacity` frames.
-pub fn playout(sample_rate: u32, capacity: usize) -> (PlayoutWriter, PlayoutControl, PlayoutReader) {
+pub fn playout(
+    sample_rate: u32,
+    capacity: usize,
+) -> (PlayoutWriter, PlayoutControl, PlayoutReader) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         sample_rate,
@@ -121,7 +124,12 @@ impl PlayoutWriter {
     }
 
     /// Queues a frame; waits while the queue is full.
-    pub async fn push(&self, generation: u64, frame: AudioFrame, text: String) -> Result<(), PlayoutClosed> {
+    pub async fn push(
+        &self,
+        generation: u64,
+        frame: AudioFrame,
+        text: String,
+    ) -> Result<(), PlayoutClosed> {
         self.tx
             .send(Item::Audio {
                 generation,
@@ -262,7 +270,11 @@ impl PlayoutReader {
 
     fn check_cleared(&mut self) -> Option<Playout> {
         let current = self.shared.generation.load(Ordering::SeqCst);
-        if self.active.as_ref().is_some_and(|a| a.generation != current) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.generation != current)
+        {
             self.finish(true);
             return Some(Playout::Cleared);
         }
@@ -341,7 +353,10 @@ mod tests {
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         c.clear();
         assert!(matches!(r.recv().await, Some(Playout::Cleared)));
-        assert_eq!(c.try_event(), Some(PlaybackEvent::Started { generation: g }));
+        assert_eq!(
+            c.try_event(),
+            Some(PlaybackEvent::Started { generation: g })
+        );
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::Finished {
@@ -374,7 +389,10 @@ mod tests {
         let _ = c.try_event();
         assert!(matches!(
             c.try_event(),
-            Some(PlaybackEvent::Finished { interrupted: false, .. })
+            Some(PlaybackEvent::Finished {
+                interrupted: false,
+                ..
+            })
         ));
     }
 }

@@ -21,13 +21,22 @@ use crate::turn::ReplyId;
 /// What a reply reports to its session, in order.
 #[derive(Debug)]
 pub(crate) enum ReplyEvent {
-    LlmRequested { at: Instant },
-    FirstToken { at: Instant },
+    LlmRequested {
+        at: Instant,
+    },
+    FirstToken {
+        at: Instant,
+    },
     /// Reply text as it streams from the LLM.
     Text(String),
     /// A sentence went to the TTS; `last_token` is when its last token arrived.
-    SentenceToTts { last_token: Instant, sent: Instant },
-    FirstAudio { at: Instant },
+    SentenceToTts {
+        last_token: Instant,
+        sent: Instant,
+    },
+    FirstAudio {
+        at: Instant,
+    },
     /// A tool step: the assistant's call message and the results, to add to
     /// the chat in this order.
     ToolStep {
@@ -36,9 +45,13 @@ pub(crate) enum ReplyEvent {
     },
     Usage(Usage),
     /// The LLM failed (an apology is spoken if nothing was said yet).
-    Failed { error: StageError },
+    Failed {
+        error: StageError,
+    },
     /// All text is generated; `text` is the final step's whole reply text.
-    Generated { text: String },
+    Generated {
+        text: String,
+    },
 }
 
 pub(crate) struct ReplyJob {

@@ -48,7 +48,6 @@ impl SentenceSplitter {
     /// Byte offset just past a sentence end followed by whitespace, if the
     /// sentence up to there is long enough.
     fn find_boundary(&self) -> Option<usize> {
-        
         let mut chars = self.buf.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             let next = chars.peek().map(|&(_, n)| n);
@@ -63,7 +62,9 @@ impl SentenceSplitter {
                 continue;
             }
             if c == '.' {
-                let word_start = self.buf[..i].rfind(char::is_whitespace).map_or(0, |p| p + 1);
+                let word_start = self.buf[..i]
+                    .rfind(char::is_whitespace)
+                    .map_or(0, |p| p + 1);
                 let word = self.buf[word_start..end].to_lowercase();
                 if ABBREVIATIONS.contains(&word.as_str()) {
                     continue;
@@ -95,7 +96,10 @@ mod tests {
         let mut s = SentenceSplitter::new();
         assert!(s.push("The weather today is sunny").is_empty());
         assert!(s.push(" and warm.").is_empty(), "needs the following space");
-        assert_eq!(s.push(" Bring"), vec!["The weather today is sunny and warm."]);
+        assert_eq!(
+            s.push(" Bring"),
+            vec!["The weather today is sunny and warm."]
+        );
         assert_eq!(s.finish().as_deref(), Some("Bring"));
     }
 
@@ -110,7 +114,8 @@ mod tests {
             whole,
             vec![
                 "Dr. Smith will see you at 3.30 today.",
-                "Is that okay for you? Great!"
+                "Is that okay for you?",
+                "Great!"
             ]
         );
     }

@@ -274,7 +274,12 @@ async fn run(
             }
             Err(error) => {
                 warn!(%error, "STT failed to open; the session hears nothing");
-                let _ = events.send(SessionEvent::Error { stage: "stt", error }).await;
+                let _ = events
+                    .send(SessionEvent::Error {
+                        stage: "stt",
+                        error,
+                    })
+                    .await;
             }
         }
     }
@@ -289,7 +294,12 @@ async fn run(
                 clock.clone(),
             ))),
             Err(error) => {
-                let _ = events.send(SessionEvent::Error { stage: "vad", error }).await;
+                let _ = events
+                    .send(SessionEvent::Error {
+                        stage: "vad",
+                        error,
+                    })
+                    .await;
                 None
             }
         },
@@ -432,7 +442,10 @@ async fn listen(
 
         if stt_alive
             && let (Some((tx, _)), Some(conv)) = (&stt, &mut to_stt)
-            && tx.send(SttInput::Audio(conv.convert(&frame))).await.is_err()
+            && tx
+                .send(SttInput::Audio(conv.convert(&frame)))
+                .await
+                .is_err()
         {
             stt_alive = false;
         }
@@ -497,7 +510,8 @@ impl Actor {
                     is_final: false,
                 })
                 .await;
-                self.machine.handle_input(now, Input::Interim { text: t.text });
+                self.machine
+                    .handle_input(now, Input::Interim { text: t.text });
             }
             SttEvent::Final(t) => {
                 if !t.text.trim().is_empty() {
@@ -507,12 +521,17 @@ impl Actor {
                     })
                     .await;
                 }
-                self.machine.handle_input(now, Input::Final { text: t.text });
+                self.machine
+                    .handle_input(now, Input::Final { text: t.text });
             }
             SttEvent::Empty => self.machine.handle_input(now, Input::FinalEmpty),
             SttEvent::Error(error) => {
                 warn!(%error, "STT error");
-                self.emit(SessionEvent::Error { stage: "stt", error }).await;
+                self.emit(SessionEvent::Error {
+                    stage: "stt",
+                    error,
+                })
+                .await;
             }
         }
     }
@@ -700,7 +719,8 @@ impl Actor {
             ReplyEvent::FirstToken { at } => reply.first_token(at),
             ReplyEvent::Text(delta) => {
                 reply.text.push_str(&delta);
-                self.emit(SessionEvent::AgentText { reply: id, delta }).await;
+                self.emit(SessionEvent::AgentText { reply: id, delta })
+                    .await;
             }
             ReplyEvent::SentenceToTts { last_token, sent } => {
                 reply.first_tts_request.get_or_insert(sent);
@@ -730,11 +750,16 @@ impl Actor {
             ReplyEvent::Failed { error } => {
                 let text = reply.text.clone();
                 reply.generated = Some(text.clone());
-                self.emit(SessionEvent::Error { stage: "llm", error }).await;
+                self.emit(SessionEvent::Error {
+                    stage: "llm",
+                    error,
+                })
+                .await;
                 if self.output.is_none() {
                     if text.is_empty() && !self.options.error_message.is_empty() {
                         let delta = self.options.error_message.clone();
-                        self.emit(SessionEvent::AgentText { reply: id, delta }).await;
+                        self.emit(SessionEvent::AgentText { reply: id, delta })
+                            .await;
                     }
                     self.finish_reply(text, false).await;
                 }
@@ -819,7 +844,8 @@ impl Actor {
             interrupted,
         })
         .await;
-        self.emit(SessionEvent::Metrics(reply.metrics.clone())).await;
+        self.emit(SessionEvent::Metrics(reply.metrics.clone()))
+            .await;
         let now = self.options.clock.now();
         self.machine
             .handle_input(now, Input::ReplyEnded { reply: reply.id });

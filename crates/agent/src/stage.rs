@@ -174,7 +174,9 @@ pub enum LlmChunk {
     ToolCall(ToolCall),
     Usage(Usage),
     /// The model finished; no more chunks follow.
-    Done { finish_reason: Option<String> },
+    Done {
+        finish_reason: Option<String>,
+    },
 }
 
 /// A reply being generated. Dropping it cancels the request at once.

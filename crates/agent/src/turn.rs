@@ -79,38 +79,71 @@ pub type ReplyId = u64;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// The VAD heard the user start speaking at `at`.
-    SpeechStarted { at: Instant },
+    SpeechStarted {
+        at: Instant,
+    },
     /// The current speech has been voiced for `voiced` so far (sent by the
     /// VAD while the user speaks; silence inside the VAD's window not counted).
-    SpeechProgress { voiced: Duration },
+    SpeechProgress {
+        voiced: Duration,
+    },
     /// The VAD heard the user stop; speech actually ended at `at` (before the
     /// VAD's own silence window).
-    SpeechEnded { at: Instant },
-    Interim { text: String },
-    Final { text: String },
+    SpeechEnded {
+        at: Instant,
+    },
+    Interim {
+        text: String,
+    },
+    Final {
+        text: String,
+    },
     /// The STT finalized the last speech with no (further) words.
     FinalEmpty,
     /// The end-of-turn detector's answer for prediction `seq`.
-    EndOfTurn { seq: u64, probability: f32, unlikely_threshold: f32 },
+    EndOfTurn {
+        seq: u64,
+        probability: f32,
+        unlikely_threshold: f32,
+    },
     /// Typed user input: a complete turn, committed at once.
-    UserText { text: String },
+    UserText {
+        text: String,
+    },
     /// The reply's first audio started playing.
-    PlaybackStarted { reply: ReplyId },
+    PlaybackStarted {
+        reply: ReplyId,
+    },
     /// The reply is over: played to the end, cancelled, or failed.
-    ReplyEnded { reply: ReplyId },
+    ReplyEnded {
+        reply: ReplyId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Ask the end-of-turn detector about the words so far.
-    PredictEndOfTurn { seq: u64, transcript: String },
+    PredictEndOfTurn {
+        seq: u64,
+        transcript: String,
+    },
     /// The user's turn is complete: add it to the chat and start reply `reply`.
-    CommitUserTurn { reply: ReplyId, text: String, timing: TurnTiming },
+    CommitUserTurn {
+        reply: ReplyId,
+        text: String,
+        timing: TurnTiming,
+    },
     /// Stop playback, keeping the queued audio (a possible false interruption).
-    PauseOutput { reply: ReplyId },
-    ResumeOutput { reply: ReplyId },
+    PauseOutput {
+        reply: ReplyId,
+    },
+    ResumeOutput {
+        reply: ReplyId,
+    },
     /// Cancel the reply's LLM and TTS work and drop its unplayed audio.
-    Interrupt { reply: ReplyId },
+    Interrupt {
+        reply: ReplyId,
+    },
     AgentState(AgentState),
     UserSpeaking(bool),
 }
@@ -446,7 +479,8 @@ impl TurnMachine {
         }
         self.set_phase(Phase::Cancelling);
         self.timers[Timer::FalseInterruption as usize] = None;
-        self.actions.push_back(Action::Interrupt { reply: reply.id });
+        self.actions
+            .push_back(Action::Interrupt { reply: reply.id });
         self.set_state(AgentState::Listening);
     }
 
@@ -493,7 +527,12 @@ impl TurnMachine {
         }
     }
 
-    fn commit(&mut self, now: Instant, text: String, timing: Option<(Option<Instant>, Option<Instant>)>) {
+    fn commit(
+        &mut self,
+        now: Instant,
+        text: String,
+        timing: Option<(Option<Instant>, Option<Instant>)>,
+    ) {
         let id = self.next_reply;
         self.next_reply += 1;
         self.reply = Some(Reply {
@@ -666,9 +705,17 @@ mod tests {
         h.advance(3000);
         assert!(h.commits().is_empty());
         h.input(3300, Input::SpeechEnded { at: h.at(3000) });
-        h.input(3350, Input::Final { text: "for two".into() });
+        h.input(
+            3350,
+            Input::Final {
+                text: "for two".into(),
+            },
+        );
         h.advance(9000);
-        assert_eq!(h.commits(), vec![(3500, "book a table for two".to_string())]);
+        assert_eq!(
+            h.commits(),
+            vec![(3500, "book a table for two".to_string())]
+        );
     }
 
     #[test]
@@ -698,7 +745,12 @@ mod tests {
         // Without the finalization of the last speech, no commit at 1500.
         h.advance(1900);
         assert!(h.commits().is_empty());
-        h.input(1900, Input::Final { text: "how are you".into() });
+        h.input(
+            1900,
+            Input::Final {
+                text: "how are you".into(),
+            },
+        );
         h.advance(3000);
         assert_eq!(h.commits(), vec![(1900, "hi how are you".to_string())]);
     }
@@ -742,11 +794,21 @@ mod tests {
         h.input(3400, Input::SpeechProgress { voiced: ms(400) });
         h.input(3500, Input::SpeechProgress { voiced: ms(500) });
         assert_eq!(h.has(&Action::PauseOutput { reply }), Some(3500));
-        h.input(3700, Input::Interim { text: "wait".into() });
+        h.input(
+            3700,
+            Input::Interim {
+                text: "wait".into(),
+            },
+        );
         assert_eq!(h.has(&Action::Interrupt { reply }), Some(3700));
         h.input(3800, Input::ReplyEnded { reply });
         h.input(4300, Input::SpeechEnded { at: h.at(4000) });
-        h.input(4400, Input::Final { text: "wait stop".into() });
+        h.input(
+            4400,
+            Input::Final {
+                text: "wait stop".into(),
+            },
+        );
         h.advance(10_000);
         assert_eq!(h.commits().last().map(|c| c.0), Some(4500));
     }
@@ -803,14 +865,24 @@ mod tests {
         h.input(3500, Input::SpeechProgress { voiced: ms(500) });
         h.input(3600, Input::Interim { text: "hey".into() });
         assert_eq!(h.has(&Action::PauseOutput { reply }), None);
-        h.input(3800, Input::Interim { text: "hey wait".into() });
+        h.input(
+            3800,
+            Input::Interim {
+                text: "hey wait".into(),
+            },
+        );
         assert_eq!(h.has(&Action::Interrupt { reply }), Some(3800));
     }
 
     #[test]
     fn typed_text_commits_at_once_and_state_follows_the_reply() {
         let mut h = Harness::new(TurnOptions::default(), false);
-        h.input(10, Input::UserText { text: "hello".into() });
+        h.input(
+            10,
+            Input::UserText {
+                text: "hello".into(),
+            },
+        );
         assert_eq!(h.commits(), vec![(10, "hello".to_string())]);
         assert_eq!(h.m.agent_state(), AgentState::Thinking);
         let reply = h.m.active_reply().expect("reply");
@@ -826,7 +898,11 @@ mod tests {
             .collect();
         assert_eq!(
             states,
-            vec![AgentState::Thinking, AgentState::Speaking, AgentState::Listening]
+            vec![
+                AgentState::Thinking,
+                AgentState::Speaking,
+                AgentState::Listening
+            ]
         );
     }
 }

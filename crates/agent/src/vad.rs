@@ -152,10 +152,7 @@ impl VoiceDetector {
             let score = self.model.score(&self.pending[offset..offset + n]);
             offset += n;
             self.scored += self.frame_duration;
-            if let Some(e) = self
-                .segmenter
-                .push(score, self.scored, self.frame_duration)
-            {
+            if let Some(e) = self.segmenter.push(score, self.scored, self.frame_duration) {
                 on_event(e);
             }
         }
