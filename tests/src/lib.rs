@@ -1,0 +1,381 @@
+//! Test harness for end-to-end tests with real parts.
+//!
+//! - [`LiveKitServer`]: the real `livekit-server` (built by `tests/setup.sh` into the
+//!   cache) on free loopback ports, dev keys, killed on drop; can be killed and
+//!   restarted on the same ports.
+//! - [`token`]: access tokens signed with the dev keys.
+//! - [`Human`]: the real LiveKit Python SDK running `tests/python/human.py`, whose
+//!   JSON-lines output is read as [`serde_json::Value`]s.
+//! - WAV and speech helpers: espeak-ng fixtures, WAV read/write, envelope correlation.
+//!
+//! Everything that waits is bounded by a timeout; nothing here panics on a missing
+//! tool — it returns an error that names `tests/setup.sh`.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Version of the server `tests/setup.sh` builds.
+pub const LIVEKIT_SERVER_VERSION: &str = "v1.13.5";
+/// Dev API key of `livekit-server --dev`.
+pub const API_KEY: &str = "devkey";
+/// Dev API secret of `livekit-server --dev`.
+pub const API_SECRET: &str = "secret";
+
+/// Harness errors.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A tool the tests need is not installed.
+    #[error("{0} not found: run `tests/setup.sh` first (it installs the LiveKit server, the Python SDK venv and espeak-ng)")]
+    Missing(String),
+    /// Process or file trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where `tests/setup.sh` caches the server and the venv.
+pub fn cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("VOICE_AGENT_TEST_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/voice-agent-test")
+}
+
+/// The cached server binary.
+pub fn server_bin() -> Result<PathBuf, HarnessError> {
+    let p = cache_dir().join(format!("bin/livekit-server-{LIVEKIT_SERVER_VERSION}"));
+    if p.is_file() { Ok(p) } else { Err(HarnessError::Missing(p.display().to_string())) }
+}
+
+/// The venv's Python.
+pub fn python() -> Result<PathBuf, HarnessError> {
+    let p = cache_dir().join("venv/bin/python");
+    if p.is_file() { Ok(p) } else { Err(HarnessError::Missing(p.display().to_string())) }
+}
+
+/// A free loopback TCP port (and, for `udp`, free for UDP too).
+pub fn free_port(udp: bool) -> Result<u16, HarnessError> {
+    for _ in 0..50 {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if !udp || UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(HarnessError::Other("no free port".into()))
+}
+
+/// A running `livekit-server --dev` on loopback.
+pub struct LiveKitServer {
+    child: Option<Child>,
+    /// HTTP/WebSocket port.
+    pub port: u16,
+    /// ICE/TCP port.
+    pub tcp_port: u16,
+    /// ICE/UDP port (single port mux).
+    pub udp_port: u16,
+    dir: PathBuf,
+}
+
+impl LiveKitServer {
+    /// Start on free ports and wait until it accepts connections.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let bin = server_bin()?;
+        let port = free_port(false)?;
+        let tcp_port = free_port(false)?;
+        let udp_port = free_port(true)?;
+        let dir = std::env::temp_dir().join(format!("lk-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = format!(
+            "port: {port}\nbind_addresses: [\"127.0.0.1\"]\nrtc:\n  tcp_port: {tcp_port}\n  udp_port: {udp_port}\n  node_ip: 127.0.0.1\n  use_external_ip: false\n  enable_loopback_candidate: true\nlogging:\n  level: warn\n"
+        );
+        std::fs::write(dir.join("config.yaml"), config)?;
+        let _ = bin;
+        let mut s = Self { child: None, port, tcp_port, udp_port, dir };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    async fn spawn(&mut self) -> Result<(), HarnessError> {
+        let bin = server_bin()?;
+        let log = std::fs::File::create(self.dir.join("server.log"))?;
+        let child = Command::new(bin)
+            .arg("--dev")
+            .arg("--config")
+            .arg(self.dir.join("config.yaml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(HarnessError::Timeout(format!(
+                    "livekit-server did not listen on {} (log: {})",
+                    self.port,
+                    self.dir.join("server.log").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL) and wait for it to exit.
+    pub async fn kill(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Start it again on the same ports.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill().await?;
+        self.spawn().await
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// An access token for `identity` in `room`, valid for an hour, allowed to publish,
+/// subscribe, send data and update its own attributes.
+pub fn token(identity: &str, room: &str) -> Result<String, HarnessError> {
+    livekit_api::access_token::AccessToken::with_api_key(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_name(identity)
+        .with_ttl(Duration::from_secs(3600))
+        .with_grants(livekit_api::access_token::VideoGrants {
+            room_join: true,
+            room: room.to_owned(),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            can_update_own_metadata: Some(true),
+            ..Default::default()
+        })
+        .to_jwt()
+        .map_err(|e| HarnessError::Other(format!("token: {e}")))
+}
+
+/// The human side: `tests/python/human.py` with the real LiveKit Python SDK.
+pub struct Human {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+    /// Everything seen so far (for failure messages).
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Human {
+    /// Start the script with these extra arguments.
+    pub async fn spawn(url: &str, token: &str, args: &[&str]) -> Result<Self, HarnessError> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/human.py");
+        let mut child = Command::new(python()?)
+            .arg(script)
+            .arg("--url")
+            .arg(url)
+            .arg("--token")
+            .arg(token)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| HarnessError::Other("no stdout".into()))?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self { child, lines: rx, seen: Vec::new() })
+    }
+
+    /// Wait for the next line whose `"event"` is `event` (earlier lines are kept in `seen`).
+    pub async fn wait_event(&mut self, event: &str, timeout: Duration) -> Result<serde_json::Value, HarnessError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .map_err(|_| HarnessError::Timeout(format!("python event {event:?}; seen: {:?}", self.seen)))?
+                .ok_or_else(|| HarnessError::Other(format!("python exited before {event:?}; seen: {:?}", self.seen)))?;
+            self.seen.push(v.clone());
+            if v.get("event").and_then(|e| e.as_str()) == Some("error") {
+                return Err(HarnessError::Other(format!("python error: {v}")));
+            }
+            if v.get("event").and_then(|e| e.as_str()) == Some(event) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Kill the script.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Mono 16-bit PCM and its rate.
+#[derive(Debug, Clone)]
+pub struct Pcm {
+    /// Samples.
+    pub samples: Vec<i16>,
+    /// Rate.
+    pub sample_rate: u32,
+}
+
+impl Pcm {
+    /// Duration in seconds.
+    pub fn seconds(&self) -> f64 {
+        self.samples.len() as f64 / self.sample_rate as f64
+    }
+}
+
+/// Speak `text` with espeak-ng into `path` (22.05 kHz mono WAV).
+pub async fn espeak(text: &str, path: &Path) -> Result<(), HarnessError> {
+    let status = Command::new("espeak-ng")
+        .arg("-w")
+        .arg(path)
+        .arg(text)
+        .status()
+        .await
+        .map_err(|_| HarnessError::Missing("espeak-ng".into()))?;
+    if !status.success() {
+        return Err(HarnessError::Other(format!("espeak-ng failed: {status}")));
+    }
+    Ok(())
+}
+
+/// Read a WAV (first channel).
+pub fn read_wav(path: &Path) -> Result<Pcm, HarnessError> {
+    let mut r = hound::WavReader::open(path).map_err(|e| HarnessError::Other(format!("wav {}: {e}", path.display())))?;
+    let spec = r.spec();
+    let ch = spec.channels.max(1) as usize;
+    let samples: Vec<i16> = r
+        .samples::<i16>()
+        .step_by(ch)
+        .collect::<Result<_, _>>()
+        .map_err(|e| HarnessError::Other(format!("wav samples: {e}")))?;
+    Ok(Pcm { samples, sample_rate: spec.sample_rate })
+}
+
+/// Write mono 16-bit WAV.
+pub fn write_wav(path: &Path, pcm: &Pcm) -> Result<(), HarnessError> {
+    let spec = hound::WavSpec { channels: 1, sample_rate: pcm.sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).map_err(|e| HarnessError::Other(e.to_string()))?;
+    for &s in &pcm.samples {
+        w.write_sample(s).map_err(|e| HarnessError::Other(e.to_string()))?;
+    }
+    w.finalize().map_err(|e| HarnessError::Other(e.to_string()))
+}
+
+/// Linear resampling (good enough for envelopes and fixtures).
+pub fn resample(pcm: &Pcm, rate: u32) -> Pcm {
+    if pcm.sample_rate == rate || pcm.samples.is_empty() {
+        return Pcm { samples: pcm.samples.clone(), sample_rate: rate };
+    }
+    let n = (pcm.samples.len() as u64 * rate as u64 / pcm.sample_rate as u64) as usize;
+    let step = pcm.sample_rate as f64 / rate as f64;
+    let samples = (0..n)
+        .map(|i| {
+            let x = i as f64 * step;
+            let j = x as usize;
+            let f = x - j as f64;
+            let a = pcm.samples[j.min(pcm.samples.len() - 1)] as f64;
+            let b = pcm.samples[(j + 1).min(pcm.samples.len() - 1)] as f64;
+            (a + (b - a) * f) as i16
+        })
+        .collect();
+    Pcm { samples, sample_rate: rate }
+}
+
+/// RMS envelope in 10 ms windows.
+pub fn envelope(pcm: &Pcm) -> Vec<f64> {
+    let w = (pcm.sample_rate / 100).max(1) as usize;
+    pcm.samples
+        .chunks(w)
+        .map(|c| (c.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
+        .collect()
+}
+
+/// Index range of the voiced part: first and last window above 5 % of the peak.
+pub fn voiced(env: &[f64]) -> Option<(usize, usize)> {
+    let peak = env.iter().cloned().fold(0.0, f64::max);
+    if peak <= 0.0 {
+        return None;
+    }
+    let thr = peak * 0.05;
+    let first = env.iter().position(|&e| e > thr)?;
+    let last = env.iter().rposition(|&e| e > thr)?;
+    Some((first, last))
+}
+
+/// Pearson correlation of two equally long series.
+pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let (a, b) = (&a[..n], &b[..n]);
+    let ma = a.iter().sum::<f64>() / n as f64;
+    let mb = b.iter().sum::<f64>() / n as f64;
+    let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        num += (a[i] - ma) * (b[i] - mb);
+        da += (a[i] - ma).powi(2);
+        db += (b[i] - mb).powi(2);
+    }
+    if da == 0.0 || db == 0.0 { 0.0 } else { num / (da * db).sqrt() }
+}
+
+/// Best envelope correlation of `got` against `reference` over lags of ±`max_lag`
+/// windows, after trimming both to their voiced parts. Returns (correlation, voiced
+/// duration of `got` in seconds, voiced duration of `reference` in seconds).
+pub fn match_speech(reference: &Pcm, got: &Pcm, max_lag: usize) -> (f64, f64, f64) {
+    let er = envelope(reference);
+    let eg = envelope(got);
+    let (Some((r0, r1)), Some((g0, g1))) = (voiced(&er), voiced(&eg)) else {
+        return (0.0, 0.0, 0.0);
+    };
+    let r = &er[r0..=r1];
+    let mut best = f64::MIN;
+    for lag in 0..=(2 * max_lag) {
+        let start = (g0 + lag).saturating_sub(max_lag);
+        if start >= eg.len() {
+            break;
+        }
+        let end = (start + r.len()).min(eg.len());
+        best = best.max(correlation(r, &eg[start..end]));
+    }
+    (best, (g1 - g0 + 1) as f64 / 100.0, (r1 - r0 + 1) as f64 / 100.0)
+}
