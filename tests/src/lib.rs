@@ -31,7 +31,9 @@ pub const API_SECRET: &str = "secret";
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// A tool the tests need is not installed.
-    #[error("{0} not found: run `tests/setup.sh` first (it installs the LiveKit server, the Python SDK venv and espeak-ng)")]
+    #[error(
+        "{0} not found: run `tests/setup.sh` first (it installs the LiveKit server, the Python SDK venv and espeak-ng)"
+    )]
     Missing(String),
     /// Process or file trouble.
     #[error("{0}")]
@@ -56,13 +58,21 @@ pub fn cache_dir() -> PathBuf {
 /// The cached server binary.
 pub fn server_bin() -> Result<PathBuf, HarnessError> {
     let p = cache_dir().join(format!("bin/livekit-server-{LIVEKIT_SERVER_VERSION}"));
-    if p.is_file() { Ok(p) } else { Err(HarnessError::Missing(p.display().to_string())) }
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing(p.display().to_string()))
+    }
 }
 
 /// The venv's Python.
 pub fn python() -> Result<PathBuf, HarnessError> {
     let p = cache_dir().join("venv/bin/python");
-    if p.is_file() { Ok(p) } else { Err(HarnessError::Missing(p.display().to_string())) }
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing(p.display().to_string()))
+    }
 }
 
 /// A free loopback TCP port (and, for `udp`, free for UDP too).
@@ -103,7 +113,13 @@ impl LiveKitServer {
         );
         std::fs::write(dir.join("config.yaml"), config)?;
         let _ = bin;
-        let mut s = Self { child: None, port, tcp_port, udp_port, dir };
+        let mut s = Self {
+            child: None,
+            port,
+            tcp_port,
+            udp_port,
+            dir,
+        };
         s.spawn().await?;
         Ok(s)
     }
@@ -123,7 +139,10 @@ impl LiveKitServer {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -206,29 +225,47 @@ impl Human {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| HarnessError::Other("no stdout".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| HarnessError::Other("no stdout".into()))?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).await.is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(v).await.is_err()
+                {
+                    break;
                 }
             }
         });
-        Ok(Self { child, lines: rx, seen: Vec::new() })
+        Ok(Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        })
     }
 
     /// Wait for the next line whose `"event"` is `event` (earlier lines are kept in `seen`).
-    pub async fn wait_event(&mut self, event: &str, timeout: Duration) -> Result<serde_json::Value, HarnessError> {
+    pub async fn wait_event(
+        &mut self,
+        event: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, HarnessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let v = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
-                .map_err(|_| HarnessError::Timeout(format!("python event {event:?}; seen: {:?}", self.seen)))?
-                .ok_or_else(|| HarnessError::Other(format!("python exited before {event:?}; seen: {:?}", self.seen)))?;
+                .map_err(|_| {
+                    HarnessError::Timeout(format!("python event {event:?}; seen: {:?}", self.seen))
+                })?
+                .ok_or_else(|| {
+                    HarnessError::Other(format!(
+                        "python exited before {event:?}; seen: {:?}",
+                        self.seen
+                    ))
+                })?;
             self.seen.push(v.clone());
             if v.get("event").and_then(|e| e.as_str()) == Some("error") {
                 return Err(HarnessError::Other(format!("python error: {v}")));
@@ -278,7 +315,8 @@ pub async fn espeak(text: &str, path: &Path) -> Result<(), HarnessError> {
 
 /// Read a WAV (first channel).
 pub fn read_wav(path: &Path) -> Result<Pcm, HarnessError> {
-    let mut r = hound::WavReader::open(path).map_err(|e| HarnessError::Other(format!("wav {}: {e}", path.display())))?;
+    let mut r = hound::WavReader::open(path)
+        .map_err(|e| HarnessError::Other(format!("wav {}: {e}", path.display())))?;
     let spec = r.spec();
     let ch = spec.channels.max(1) as usize;
     let samples: Vec<i16> = r
@@ -286,15 +324,25 @@ pub fn read_wav(path: &Path) -> Result<Pcm, HarnessError> {
         .step_by(ch)
         .collect::<Result<_, _>>()
         .map_err(|e| HarnessError::Other(format!("wav samples: {e}")))?;
-    Ok(Pcm { samples, sample_rate: spec.sample_rate })
+    Ok(Pcm {
+        samples,
+        sample_rate: spec.sample_rate,
+    })
 }
 
 /// Write mono 16-bit WAV.
 pub fn write_wav(path: &Path, pcm: &Pcm) -> Result<(), HarnessError> {
-    let spec = hound::WavSpec { channels: 1, sample_rate: pcm.sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut w = hound::WavWriter::create(path, spec).map_err(|e| HarnessError::Other(e.to_string()))?;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: pcm.sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w =
+        hound::WavWriter::create(path, spec).map_err(|e| HarnessError::Other(e.to_string()))?;
     for &s in &pcm.samples {
-        w.write_sample(s).map_err(|e| HarnessError::Other(e.to_string()))?;
+        w.write_sample(s)
+            .map_err(|e| HarnessError::Other(e.to_string()))?;
     }
     w.finalize().map_err(|e| HarnessError::Other(e.to_string()))
 }
@@ -302,7 +350,10 @@ pub fn write_wav(path: &Path, pcm: &Pcm) -> Result<(), HarnessError> {
 /// Linear resampling (good enough for envelopes and fixtures).
 pub fn resample(pcm: &Pcm, rate: u32) -> Pcm {
     if pcm.sample_rate == rate || pcm.samples.is_empty() {
-        return Pcm { samples: pcm.samples.clone(), sample_rate: rate };
+        return Pcm {
+            samples: pcm.samples.clone(),
+            sample_rate: rate,
+        };
     }
     let n = (pcm.samples.len() as u64 * rate as u64 / pcm.sample_rate as u64) as usize;
     let step = pcm.sample_rate as f64 / rate as f64;
@@ -316,7 +367,10 @@ pub fn resample(pcm: &Pcm, rate: u32) -> Pcm {
             (a + (b - a) * f) as i16
         })
         .collect();
-    Pcm { samples, sample_rate: rate }
+    Pcm {
+        samples,
+        sample_rate: rate,
+    }
 }
 
 /// RMS envelope in 10 ms windows.
@@ -355,7 +409,11 @@ pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
         da += (a[i] - ma).powi(2);
         db += (b[i] - mb).powi(2);
     }
-    if da == 0.0 || db == 0.0 { 0.0 } else { num / (da * db).sqrt() }
+    if da == 0.0 || db == 0.0 {
+        0.0
+    } else {
+        num / (da * db).sqrt()
+    }
 }
 
 /// Best envelope correlation of `got` against `reference` over lags of ±`max_lag`
@@ -377,5 +435,9 @@ pub fn match_speech(reference: &Pcm, got: &Pcm, max_lag: usize) -> (f64, f64, f6
         let end = (start + r.len()).min(eg.len());
         best = best.max(correlation(r, &eg[start..end]));
     }
-    (best, (g1 - g0 + 1) as f64 / 100.0, (r1 - r0 + 1) as f64 / 100.0)
+    (
+        best,
+        (g1 - g0 + 1) as f64 / 100.0,
+        (r1 - r0 + 1) as f64 / 100.0,
+    )
 }

@@ -24,7 +24,10 @@ const MIN_CORRELATION: f64 = 0.9;
 const MAX_DURATION_DIFF_S: f64 = 0.030;
 
 fn options() -> ConnectOptions {
-    ConnectOptions { udp_addrs: vec!["127.0.0.1:0".into()], ..Default::default() }
+    ConnectOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..Default::default()
+    }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -61,7 +64,11 @@ async fn next_event<F: FnMut(&RoomEvent) -> bool>(
     }
 }
 
-async fn join(server: &LiveKitServer, identity: &str, room: &str) -> R<(Room, mpsc::Receiver<RoomEvent>)> {
+async fn join(
+    server: &LiveKitServer,
+    identity: &str,
+    room: &str,
+) -> R<(Room, mpsc::Receiver<RoomEvent>)> {
     let t = token(identity, room)?;
     Ok(rtc::connect(&server.url(), &t, options()).await?)
 }
@@ -70,17 +77,28 @@ async fn join(server: &LiveKitServer, identity: &str, room: &str) -> R<(Room, mp
 async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
     let _g = SERIAL.lock().await;
     let server = LiveKitServer::start().await?;
-    let (reference, wav) = speech_fixture("The quick brown fox jumps over the lazy dog.", "in").await?;
+    let (reference, wav) =
+        speech_fixture("The quick brown fox jumps over the lazy dog.", "in").await?;
     let (room, mut events) = join(&server, "agent", "room-in").await?;
     let mut human = Human::spawn(
         &server.url(),
         &token("human", "room-in")?,
-        &["--publish-wav", wav.to_str().unwrap_or_default(), "--duration", "20"],
+        &[
+            "--publish-wav",
+            wav.to_str().unwrap_or_default(),
+            "--duration",
+            "20",
+        ],
     )
     .await?;
     human.wait_event("ready", Duration::from_secs(20)).await?;
-    let ev = next_event(&mut events, Duration::from_secs(20), |e| matches!(e, RoomEvent::TrackSubscribed(_))).await?;
-    let RoomEvent::TrackSubscribed(track) = ev else { unreachable!() };
+    let ev = next_event(&mut events, Duration::from_secs(20), |e| {
+        matches!(e, RoomEvent::TrackSubscribed(_))
+    })
+    .await?;
+    let RoomEvent::TrackSubscribed(track) = ev else {
+        unreachable!()
+    };
     assert_eq!(track.participant_identity(), "human");
     let mut stream = track.into_stream(48_000)?;
     let mut got = Vec::new();
@@ -96,12 +114,24 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
             Ok(None) | Err(_) => break,
         }
     }
-    let got = Pcm { samples: got, sample_rate: 48_000 };
+    let got = Pcm {
+        samples: got,
+        sample_rate: 48_000,
+    };
     write_wav(&tmp("in-received.wav"), &got)?;
     let (corr, got_s, ref_s) = match_speech(&reference, &got, 30);
-    eprintln!("received: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, dropped {}", stream.dropped_frames());
-    assert!(corr > MIN_CORRELATION, "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}");
-    assert!((got_s - ref_s).abs() <= MAX_DURATION_DIFF_S, "voiced {got_s:.3}s vs {ref_s:.3}s");
+    eprintln!(
+        "received: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, dropped {}",
+        stream.dropped_frames()
+    );
+    assert!(
+        corr > MIN_CORRELATION,
+        "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}"
+    );
+    assert!(
+        (got_s - ref_s).abs() <= MAX_DURATION_DIFF_S,
+        "voiced {got_s:.3}s vs {ref_s:.3}s"
+    );
     room.close().await?;
     human.kill().await;
     Ok(())
@@ -111,33 +141,62 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
 async fn we_publish_speech_and_python_records_it() -> R {
     let _g = SERIAL.lock().await;
     let server = LiveKitServer::start().await?;
-    let (reference, _) = speech_fixture("Hello, this is the agent speaking from Rust.", "out").await?;
+    let (reference, _) =
+        speech_fixture("Hello, this is the agent speaking from Rust.", "out").await?;
     let (room, mut events) = join(&server, "agent", "room-out").await?;
     let rec = tmp("out-recorded.wav");
     let secs = format!("{:.1}", reference.seconds() + 2.5);
     let mut human = Human::spawn(
         &server.url(),
         &token("human", "room-out")?,
-        &["--record-wav", rec.to_str().unwrap_or_default(), "--record-seconds", &secs, "--duration", "25"],
+        &[
+            "--record-wav",
+            rec.to_str().unwrap_or_default(),
+            "--record-seconds",
+            &secs,
+            "--duration",
+            "25",
+        ],
     )
     .await?;
     human.wait_event("ready", Duration::from_secs(20)).await?;
-    next_event(&mut events, Duration::from_secs(10), |e| matches!(e, RoomEvent::ParticipantJoined(p) if p.identity == "human")).await?;
+    next_event(
+        &mut events,
+        Duration::from_secs(10),
+        |e| matches!(e, RoomEvent::ParticipantJoined(p) if p.identity == "human"),
+    )
+    .await?;
     let track = room.publish_audio("agent-voice", 48_000).await?;
     assert!(track.sid().starts_with("TR_"), "{}", track.sid());
     human.wait_event("track", Duration::from_secs(20)).await?;
     // Half a second of silence, then the speech, in 10 ms frames (paced by the track).
-    for chunk in vec![0i16; 24_000].chunks(480).chain(reference.samples.chunks(480)) {
-        track.capture_frame(AudioFrame { data: chunk.to_vec(), sample_rate: 48_000 }).await?;
+    for chunk in vec![0i16; 24_000]
+        .chunks(480)
+        .chain(reference.samples.chunks(480))
+    {
+        track
+            .capture_frame(AudioFrame {
+                data: chunk.to_vec(),
+                sample_rate: 48_000,
+            })
+            .await?;
     }
-    let recorded = human.wait_event("recorded", Duration::from_secs(30)).await?;
+    let recorded = human
+        .wait_event("recorded", Duration::from_secs(30))
+        .await?;
     eprintln!("python recorded {recorded}");
     let got = read_wav(&rec)?;
     let (corr, got_s, ref_s) = match_speech(&reference, &got, 30);
     let stats = track.stats();
     eprintln!("sent: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, pacer {stats:?}");
-    assert!(corr > MIN_CORRELATION, "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}");
-    assert!((got_s - ref_s).abs() <= MAX_DURATION_DIFF_S, "voiced {got_s:.3}s vs {ref_s:.3}s");
+    assert!(
+        corr > MIN_CORRELATION,
+        "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}"
+    );
+    assert!(
+        (got_s - ref_s).abs() <= MAX_DURATION_DIFF_S,
+        "voiced {got_s:.3}s vs {ref_s:.3}s"
+    );
     room.close().await?;
     human.kill().await;
     Ok(())
@@ -157,35 +216,61 @@ async fn text_streams_both_ways_with_attributes_and_multibyte_text() -> R {
         &server.url(),
         &token("human", "room-text")?,
         &[
-            "--text-topic", "lk.transcription",
-            "--send-text-file", text_file.to_str().unwrap_or_default(),
-            "--send-attrs", attrs_in,
-            "--duration", "20",
+            "--text-topic",
+            "lk.transcription",
+            "--send-text-file",
+            text_file.to_str().unwrap_or_default(),
+            "--send-attrs",
+            attrs_in,
+            "--duration",
+            "20",
         ],
     )
     .await?;
     human.wait_event("ready", Duration::from_secs(20)).await?;
     // Python → us.
-    let ev = next_event(&mut events, Duration::from_secs(20), |e| matches!(e, RoomEvent::TextStreamReceived(_))).await?;
-    let RoomEvent::TextStreamReceived(s) = ev else { unreachable!() };
+    let ev = next_event(&mut events, Duration::from_secs(20), |e| {
+        matches!(e, RoomEvent::TextStreamReceived(_))
+    })
+    .await?;
+    let RoomEvent::TextStreamReceived(s) = ev else {
+        unreachable!()
+    };
     assert_eq!(s.topic, "lk.transcription");
     assert_eq!(s.participant_identity, "human");
-    assert_eq!(s.attributes.get("lk.segment_id").map(String::as_str), Some("SG_1"));
-    assert_eq!(s.attributes.get("lk.transcription_final").map(String::as_str), Some("true"));
-    assert!(s.text == text_in, "text differs: {} vs {} bytes", s.text.len(), text_in.len());
+    assert_eq!(
+        s.attributes.get("lk.segment_id").map(String::as_str),
+        Some("SG_1")
+    );
+    assert_eq!(
+        s.attributes
+            .get("lk.transcription_final")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        s.text == text_in,
+        "text differs: {} vs {} bytes",
+        s.text.len(),
+        text_in.len()
+    );
     // Us → Python.
     let text_out = "Ответ агента — エージェントの返事 🤖 ".repeat(800);
     let mut attrs = HashMap::new();
     attrs.insert("lk.segment_id".to_owned(), "SG_agent".to_owned());
     attrs.insert("lk.transcription_final".to_owned(), "true".to_owned());
     attrs.insert("lk.transcribed_track_id".to_owned(), "TR_agent".to_owned());
-    room.send_text("lk.transcription", &text_out, attrs, &[]).await?;
+    room.send_text("lk.transcription", &text_out, attrs, &[])
+        .await?;
     let got = human.wait_event("text", Duration::from_secs(20)).await?;
     assert_eq!(got["identity"], "agent");
     assert_eq!(got["topic"], "lk.transcription");
     assert_eq!(got["attributes"]["lk.segment_id"], "SG_agent");
     assert_eq!(got["attributes"]["lk.transcription_final"], "true");
-    assert!(got["text"].as_str() == Some(text_out.as_str()), "text differs");
+    assert!(
+        got["text"].as_str() == Some(text_out.as_str()),
+        "text differs"
+    );
     room.close().await?;
     human.kill().await;
     Ok(())
@@ -196,7 +281,12 @@ async fn attributes_we_set_are_seen_by_python() -> R {
     let _g = SERIAL.lock().await;
     let server = LiveKitServer::start().await?;
     let (room, _events) = join(&server, "agent", "room-attrs").await?;
-    let mut human = Human::spawn(&server.url(), &token("human", "room-attrs")?, &["--duration", "20"]).await?;
+    let mut human = Human::spawn(
+        &server.url(),
+        &token("human", "room-attrs")?,
+        &["--duration", "20"],
+    )
+    .await?;
     human.wait_event("ready", Duration::from_secs(20)).await?;
     for state in ["listening", "thinking", "speaking"] {
         let mut a = HashMap::new();
@@ -223,11 +313,17 @@ async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R 
     let (room, mut events) = join(&server, "agent", "room-reconnect").await?;
     let track = room.publish_audio("agent-voice", 48_000).await?;
     server.kill().await?;
-    next_event(&mut events, Duration::from_secs(20), |e| matches!(e, RoomEvent::Reconnecting)).await?;
+    next_event(&mut events, Duration::from_secs(20), |e| {
+        matches!(e, RoomEvent::Reconnecting)
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart().await?;
     let ev = next_event(&mut events, Duration::from_secs(90), |e| {
-        matches!(e, RoomEvent::Reconnected { .. } | RoomEvent::Disconnected(_))
+        matches!(
+            e,
+            RoomEvent::Reconnected { .. } | RoomEvent::Disconnected(_)
+        )
     })
     .await?;
     eprintln!("after restart: {ev:?}");
@@ -235,17 +331,38 @@ async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R 
         RoomEvent::Reconnected { .. } => {
             // The room works again: a second participant sees us, and we can send.
             let (_other, mut other_events) = join(&server, "human", "room-reconnect").await?;
-            next_event(&mut other_events, Duration::from_secs(20), |e| {
-                matches!(e, RoomEvent::ParticipantJoined(p) if p.identity == "agent")
+            next_event(
+                &mut other_events,
+                Duration::from_secs(20),
+                |e| matches!(e, RoomEvent::ParticipantJoined(p) if p.identity == "agent"),
+            )
+            .await?;
+            room.send_data(
+                b"hello again".to_vec(),
+                rtc::DataKind::Reliable,
+                Some("t"),
+                &[],
+            )
+            .await?;
+            let ev = next_event(&mut other_events, Duration::from_secs(20), |e| {
+                matches!(e, RoomEvent::DataReceived { .. })
             })
             .await?;
-            room.send_data(b"hello again".to_vec(), rtc::DataKind::Reliable, Some("t"), &[]).await?;
-            let ev = next_event(&mut other_events, Duration::from_secs(20), |e| matches!(e, RoomEvent::DataReceived { .. })).await?;
-            let RoomEvent::DataReceived { payload, participant_identity, .. } = ev else { unreachable!() };
+            let RoomEvent::DataReceived {
+                payload,
+                participant_identity,
+                ..
+            } = ev
+            else {
+                unreachable!()
+            };
             assert_eq!(payload, b"hello again");
             assert_eq!(participant_identity, "agent");
             // The republished track is there too.
-            next_event(&mut other_events, Duration::from_secs(20), |e| matches!(e, RoomEvent::TrackSubscribed(_))).await?;
+            next_event(&mut other_events, Duration::from_secs(20), |e| {
+                matches!(e, RoomEvent::TrackSubscribed(_))
+            })
+            .await?;
             drop(track);
         }
         RoomEvent::Disconnected(reason) => assert_eq!(reason, DisconnectReason::ReconnectFailed),
@@ -259,8 +376,14 @@ async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R 
 async fn bad_token_is_refused_with_a_typed_error() -> R {
     let _g = SERIAL.lock().await;
     let server = LiveKitServer::start().await?;
-    let err = rtc::connect(&server.url(), "not-a-token", options()).await.err().ok_or("connected with a bad token")?;
-    assert!(matches!(err, rtc::RtcError::Refused { status: 401, .. }), "{err:?}");
+    let err = rtc::connect(&server.url(), "not-a-token", options())
+        .await
+        .err()
+        .ok_or("connected with a bad token")?;
+    assert!(
+        matches!(err, rtc::RtcError::Refused { status: 401, .. }),
+        "{err:?}"
+    );
     assert!(!err.to_string().contains("not-a-token"));
     Ok(())
 }

@@ -87,7 +87,7 @@ struct Queued {
 /// Pacing statistics of a published track, for benchmarks and health.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PacerStats {
-    /// Frames handed to the RTP sender.
+    /// Frames paced (encoded, and handed to the RTP sender when connected).
     pub frames_sent: u64,
     /// Frames that carried queued audio (the rest were silence).
     pub frames_with_audio: u64,
@@ -206,7 +206,8 @@ pub(crate) fn spawn_local_track(
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, JoinHandle<()>), RtcError> {
     check_rate(sample_rate)?;
-    let mut encoder = opus::Encoder::new(sample_rate, opus::Channels::Mono, opus::Application::Voip)?;
+    let mut encoder =
+        opus::Encoder::new(sample_rate, opus::Channels::Mono, opus::Application::Voip)?;
     encoder.set_inband_fec(true)?;
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let track = LocalAudioTrack {
@@ -268,6 +269,16 @@ impl Pacer {
                     continue;
                 }
             };
+            let us = lateness.as_micros() as u64;
+            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            if had_audio {
+                self.stats.frames_with_audio.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats
+                .total_lateness_us
+                .fetch_add(us, Ordering::Relaxed);
+            self.stats.max_lateness_us.fetch_max(us, Ordering::Relaxed);
+            // Not connected (yet, or while rejoining): the frame is paced and dropped.
             let sink = self.sink.borrow().clone();
             let Some(sink) = sink else { continue };
             let sample = Sample {
@@ -282,13 +293,6 @@ impl Pacer {
             {
                 tracing::trace!(error = %e, "rtp write failed (not connected yet?)");
             }
-            let us = lateness.as_micros() as u64;
-            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-            if had_audio {
-                self.stats.frames_with_audio.fetch_add(1, Ordering::Relaxed);
-            }
-            self.stats.total_lateness_us.fetch_add(us, Ordering::Relaxed);
-            self.stats.max_lateness_us.fetch_max(us, Ordering::Relaxed);
         }
     }
 
@@ -297,7 +301,8 @@ impl Pacer {
     fn fill(&mut self, pcm: &mut [i16], closed: &mut bool) -> bool {
         let generation = self.generation.load(Ordering::Acquire);
         if generation != self.buf_generation {
-            self.queued_samples.fetch_sub(self.buf.len(), Ordering::Relaxed);
+            self.queued_samples
+                .fetch_sub(self.buf.len(), Ordering::Relaxed);
             self.buf.clear();
             self.buf_generation = generation;
         }
@@ -305,7 +310,8 @@ impl Pacer {
             match self.rx.try_recv() {
                 Ok(q) => {
                     if q.generation != generation {
-                        self.queued_samples.fetch_sub(q.samples.len(), Ordering::Relaxed);
+                        self.queued_samples
+                            .fetch_sub(q.samples.len(), Ordering::Relaxed);
                         continue;
                     }
                     self.buf.extend(q.samples);
@@ -368,7 +374,13 @@ impl RemoteAudioTrack {
         let decoder = opus::Decoder::new(sample_rate, opus::Channels::Mono)?;
         let (tx, rx) = mpsc::channel(STREAM_FRAMES);
         let dropped = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(decode_loop(self.inner, decoder, sample_rate, tx, dropped.clone()));
+        let task = tokio::spawn(decode_loop(
+            self.inner,
+            decoder,
+            sample_rate,
+            tx,
+            dropped.clone(),
+        ));
         Ok(AudioStream { rx, task, dropped })
     }
 }
@@ -441,7 +453,9 @@ async fn decode_loop(
             let lost = gap - 1;
             if lost > 0 && lost <= MAX_CONCEALED {
                 for _ in 0..lost {
-                    let n = decoder.decode(&[], &mut pcm[..frame_len], false).unwrap_or(0);
+                    let n = decoder
+                        .decode(&[], &mut pcm[..frame_len], false)
+                        .unwrap_or(0);
                     if !emit(&tx, &pcm[..n], sample_rate, &dropped) {
                         return;
                     }
@@ -496,7 +510,8 @@ mod tests {
     #[test]
     fn opus_roundtrip_keeps_a_tone() {
         let rate = 48_000;
-        let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut enc =
+            opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
         let mut dec = opus::Decoder::new(16_000, opus::Channels::Mono).unwrap();
         let mut out = vec![0u8; 1500];
         let mut pcm = vec![0i16; 16_000 * 120 / 1000];
@@ -529,7 +544,10 @@ mod tests {
             tokio::spawn(async move {
                 for _ in 0..20 {
                     track
-                        .capture_frame(AudioFrame { data: vec![1000; 480], sample_rate: 48_000 })
+                        .capture_frame(AudioFrame {
+                            data: vec![1000; 480],
+                            sample_rate: 48_000,
+                        })
                         .await
                         .unwrap();
                 }
@@ -546,12 +564,21 @@ mod tests {
         assert_eq!(track.queued_duration(), Duration::ZERO);
         let before = track.stats().frames_with_audio;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(track.stats().frames_with_audio, before, "nothing left after clear");
+        assert_eq!(
+            track.stats().frames_with_audio,
+            before,
+            "nothing left after clear"
+        );
         // Wrong rate is refused.
-        assert!(track
-            .capture_frame(AudioFrame { data: vec![0; 160], sample_rate: 8_000 })
-            .await
-            .is_err());
+        assert!(
+            track
+                .capture_frame(AudioFrame {
+                    data: vec![0; 160],
+                    sample_rate: 8_000
+                })
+                .await
+                .is_err()
+        );
         drop(track);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(task.is_finished(), "pacer stops when the handles are gone");

@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn resumes_first_then_rejoins_then_gives_up() {
         let p = ReconnectPolicy::default();
-        assert_eq!(p.next(0, true), Some((ReconnectKind::Resume, Duration::ZERO)));
+        assert_eq!(
+            p.next(0, true),
+            Some((ReconnectKind::Resume, Duration::ZERO))
+        );
         assert_eq!(
             p.next(1, true),
             Some((ReconnectKind::Resume, Duration::from_millis(300)))
@@ -85,14 +88,20 @@ mod tests {
             p.next(3, true),
             Some((ReconnectKind::Rejoin, Duration::from_millis(2700)))
         );
-        assert_eq!(p.next(9, true), Some((ReconnectKind::Rejoin, Duration::from_secs(7))));
+        assert_eq!(
+            p.next(9, true),
+            Some((ReconnectKind::Rejoin, Duration::from_secs(7)))
+        );
         assert_eq!(p.next(10, true), None);
     }
 
     #[test]
     fn no_resume_when_not_possible() {
         let p = ReconnectPolicy::default();
-        assert_eq!(p.next(0, false), Some((ReconnectKind::Rejoin, Duration::ZERO)));
+        assert_eq!(
+            p.next(0, false),
+            Some((ReconnectKind::Rejoin, Duration::ZERO))
+        );
     }
 
     #[test]
@@ -101,13 +110,19 @@ mod tests {
             max_attempts: u32::MAX,
             ..Default::default()
         };
-        assert_eq!(p.next(u32::MAX - 1, true).map(|x| x.1), Some(Duration::from_secs(7)));
+        assert_eq!(
+            p.next(u32::MAX - 1, true).map(|x| x.1),
+            Some(Duration::from_secs(7))
+        );
     }
 
     #[test]
     fn total_schedule_is_bounded() {
         let p = ReconnectPolicy::default();
-        let total: Duration = (0..p.max_attempts).filter_map(|a| p.next(a, true)).map(|x| x.1).sum();
+        let total: Duration = (0..p.max_attempts)
+            .filter_map(|a| p.next(a, true))
+            .map(|x| x.1)
+            .sum();
         assert!(total < Duration::from_secs(60), "{total:?}");
     }
 }

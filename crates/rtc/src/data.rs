@@ -66,7 +66,7 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// The next sequence number, wrapping past `u32::MAX` to 1.
-    pub fn next(&mut self) -> u32 {
+    pub fn next_sequence(&mut self) -> u32 {
         self.last = self.last.wrapping_add(1);
         if self.last == 0 {
             self.last = 1;
@@ -93,7 +93,10 @@ pub struct TextStreamSpec<'a> {
 }
 
 /// The data packets of one text stream (header, chunks, trailer), without sequence numbers.
-pub fn text_stream_packets(spec: &TextStreamSpec<'_>, sender_identity: &str) -> Vec<proto::DataPacket> {
+pub fn text_stream_packets(
+    spec: &TextStreamSpec<'_>,
+    sender_identity: &str,
+) -> Vec<proto::DataPacket> {
     let chunks = split_utf8(spec.text, MAX_CHUNK_BYTES);
     let mut out = Vec::with_capacity(chunks.len() + 2);
     let header = proto::data_stream::Header {
@@ -111,7 +114,11 @@ pub fn text_stream_packets(spec: &TextStreamSpec<'_>, sender_identity: &str) -> 
         )),
         ..Default::default()
     };
-    out.push(packet(sender_identity, spec.destination_identities, Value::StreamHeader(header)));
+    out.push(packet(
+        sender_identity,
+        spec.destination_identities,
+        Value::StreamHeader(header),
+    ));
     for (i, chunk) in chunks.into_iter().enumerate() {
         let c = proto::data_stream::Chunk {
             stream_id: spec.stream_id.to_owned(),
@@ -119,13 +126,21 @@ pub fn text_stream_packets(spec: &TextStreamSpec<'_>, sender_identity: &str) -> 
             content: chunk.as_bytes().to_vec(),
             ..Default::default()
         };
-        out.push(packet(sender_identity, spec.destination_identities, Value::StreamChunk(c)));
+        out.push(packet(
+            sender_identity,
+            spec.destination_identities,
+            Value::StreamChunk(c),
+        ));
     }
     let trailer = proto::data_stream::Trailer {
         stream_id: spec.stream_id.to_owned(),
         ..Default::default()
     };
-    out.push(packet(sender_identity, spec.destination_identities, Value::StreamTrailer(trailer)));
+    out.push(packet(
+        sender_identity,
+        spec.destination_identities,
+        Value::StreamTrailer(trailer),
+    ));
     out
 }
 
@@ -192,16 +207,15 @@ pub struct StreamAssembler {
 impl StreamAssembler {
     /// Feed a stream header. Byte streams are tracked only to be ignored.
     pub fn header(&mut self, identity: &str, h: proto::data_stream::Header) {
-        if self.partial.len() >= MAX_STREAMS_IN_FLIGHT {
-            if let Some(oldest) = self
+        if self.partial.len() >= MAX_STREAMS_IN_FLIGHT
+            && let Some(oldest) = self
                 .partial
                 .iter()
                 .min_by_key(|(_, p)| p.opened)
                 .map(|(k, _)| k.clone())
-            {
-                self.partial.remove(&oldest);
-                self.dropped += 1;
-            }
+        {
+            self.partial.remove(&oldest);
+            self.dropped += 1;
         }
         let is_text = matches!(
             h.content_header,
@@ -303,8 +317,8 @@ mod tests {
     #[test]
     fn sequencer_skips_zero() {
         let mut s = Sequencer { last: u32::MAX - 1 };
-        assert_eq!(s.next(), u32::MAX);
-        assert_eq!(s.next(), 1);
+        assert_eq!(s.next_sequence(), u32::MAX);
+        assert_eq!(s.next_sequence(), 1);
     }
 
     fn roundtrip(text: &str) -> TextStream {
@@ -348,7 +362,10 @@ mod tests {
         assert_eq!(got.text, text);
         assert_eq!(got.topic, "lk.transcription");
         assert_eq!(got.participant_identity, "agent");
-        assert_eq!(got.attributes.get(attr::SEGMENT_ID).map(String::as_str), Some("SG_1"));
+        assert_eq!(
+            got.attributes.get(attr::SEGMENT_ID).map(String::as_str),
+            Some("SG_1")
+        );
         assert_eq!(roundtrip("").text, "");
     }
 
@@ -370,9 +387,13 @@ mod tests {
         assert_eq!(asm.in_flight(), MAX_STREAMS_IN_FLIGHT);
         assert_eq!(asm.dropped, 3);
         // The oldest were dropped.
-        assert!(asm
-            .trailer(proto::data_stream::Trailer { stream_id: "s0".into(), ..Default::default() })
-            .is_none());
+        assert!(
+            asm.trailer(proto::data_stream::Trailer {
+                stream_id: "s0".into(),
+                ..Default::default()
+            })
+            .is_none()
+        );
         asm.participant_left("p");
         assert_eq!(asm.in_flight(), 0);
     }
@@ -390,8 +411,18 @@ mod tests {
                 ..Default::default()
             },
         );
-        asm.chunk(proto::data_stream::Chunk { stream_id: "b".into(), content: vec![1], ..Default::default() });
-        assert!(asm.trailer(proto::data_stream::Trailer { stream_id: "b".into(), ..Default::default() }).is_none());
+        asm.chunk(proto::data_stream::Chunk {
+            stream_id: "b".into(),
+            content: vec![1],
+            ..Default::default()
+        });
+        assert!(
+            asm.trailer(proto::data_stream::Trailer {
+                stream_id: "b".into(),
+                ..Default::default()
+            })
+            .is_none()
+        );
 
         asm.header(
             "p",

@@ -34,24 +34,28 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
 };
 use webrtc_core::data_channel::RTCDataChannelInit;
 use webrtc_core::media_stream::MediaStreamTrack;
 use webrtc_core::peer_connection::configuration::RTCOfferOptions;
 use webrtc_core::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 
+use crate::RtcError;
 use crate::audio::{self, LocalAudioTrack, RemoteAudioTrack, RtpSink};
 use crate::backoff::ReconnectKind;
 use crate::data::{self, Sequencer, StreamAssembler};
 use crate::msid::parse_msid;
-use crate::room::{COMMAND_CAPACITY, Command, ConnectOptions, DataKind, DisconnectReason, Participant, Room, RoomEvent};
+use crate::room::{
+    COMMAND_CAPACITY, Command, ConnectOptions, DataKind, DisconnectReason, Participant, Room,
+    RoomEvent,
+};
 use crate::signal::{self, UrlParams, WsSink, WsStream};
-use crate::RtcError;
 
 const RELIABLE_LABEL: &str = "_reliable";
 const LOSSY_LABEL: &str = "_lossy";
@@ -91,9 +95,19 @@ enum PcEvent {
 }
 
 enum Internal {
-    Pc { generation: u64, target: Target, event: PcEvent },
-    Data { packet: proto::DataPacket, kind: DataKind },
-    DcOpen { generation: u64, label: String },
+    Pc {
+        generation: u64,
+        target: Target,
+        event: PcEvent,
+    },
+    Data {
+        packet: Box<proto::DataPacket>,
+        kind: DataKind,
+    },
+    DcOpen {
+        generation: u64,
+        label: String,
+    },
 }
 
 /// Forwards webrtc-rs callbacks of one peer connection into the engine.
@@ -107,7 +121,11 @@ impl Forwarder {
     async fn send(&self, event: PcEvent) {
         let _ = self
             .tx
-            .send(Internal::Pc { generation: self.generation, target: self.target, event })
+            .send(Internal::Pc {
+                generation: self.generation,
+                target: self.target,
+                event,
+            })
             .await;
     }
 }
@@ -272,7 +290,10 @@ pub(crate) async fn connect(
     };
     let join = tokio::time::timeout(connect_timeout, engine.join(false))
         .await
-        .map_err(|_| RtcError::Timeout { what: "join response", after: connect_timeout })??;
+        .map_err(|_| RtcError::Timeout {
+            what: "join response",
+            after: connect_timeout,
+        })??;
     let room = Room {
         cmd: cmd_tx,
         local: engine.local.clone(),
@@ -283,18 +304,23 @@ pub(crate) async fn connect(
         Ok(Ok(())) => Ok((room, events_rx)),
         Ok(Err(_)) => {
             let _ = task.await;
-            Err(RtcError::SignalClosed("room closed while connecting".into()))
+            Err(RtcError::SignalClosed(
+                "room closed while connecting".into(),
+            ))
         }
         Err(_) => {
             task.abort();
-            Err(RtcError::Timeout { what: "publisher data channel to open", after: connect_timeout })
+            Err(RtcError::Timeout {
+                what: "publisher data channel to open",
+                after: connect_timeout,
+            })
         }
     }
 }
 
 enum Step {
     Cmd(Option<Command>),
-    Signal(Result<Resp, RtcError>),
+    Signal(Result<Box<Resp>, RtcError>),
     Internal(Option<Internal>),
     Ping,
 }
@@ -309,22 +335,36 @@ impl Engine {
     async fn join(&mut self, rejoin: bool) -> Result<proto::JoinResponse, RtcError> {
         let url = signal::signal_url(
             &self.url,
-            &UrlParams { auto_subscribe: self.options.auto_subscribe, reconnect: None },
+            &UrlParams {
+                auto_subscribe: self.options.auto_subscribe,
+                reconnect: None,
+            },
         )?;
-        let (ws_tx, mut ws_rx) = tokio::time::timeout(SIGNAL_TIMEOUT, signal::connect(&url, &self.token))
-            .await
-            .map_err(|_| RtcError::Timeout { what: "signal connection", after: SIGNAL_TIMEOUT })??;
+        let (ws_tx, mut ws_rx) =
+            tokio::time::timeout(SIGNAL_TIMEOUT, signal::connect(&url, &self.token))
+                .await
+                .map_err(|_| RtcError::Timeout {
+                    what: "signal connection",
+                    after: SIGNAL_TIMEOUT,
+                })??;
         let join = tokio::time::timeout(SIGNAL_TIMEOUT, async {
             loop {
                 match signal::recv(&mut ws_rx).await? {
                     Resp::Join(j) => return Ok(j),
-                    Resp::Leave(l) => return Err(RtcError::Disconnected(DisconnectReason::ServerLeave(l.reason))),
+                    Resp::Leave(l) => {
+                        return Err(RtcError::Disconnected(DisconnectReason::ServerLeave(
+                            l.reason,
+                        )));
+                    }
                     _ => {}
                 }
             }
         })
         .await
-        .map_err(|_| RtcError::Timeout { what: "join response", after: SIGNAL_TIMEOUT })??;
+        .map_err(|_| RtcError::Timeout {
+            what: "join response",
+            after: SIGNAL_TIMEOUT,
+        })??;
 
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -337,20 +377,44 @@ impl Engine {
                 credential: s.credential.clone(),
             })
             .collect();
-        let publisher = self.build_pc(generation, Target::Publisher, &ice_servers).await?;
-        let subscriber = self.build_pc(generation, Target::Subscriber, &ice_servers).await?;
+        let publisher = self
+            .build_pc(generation, Target::Publisher, &ice_servers)
+            .await?;
+        let subscriber = self
+            .build_pc(generation, Target::Subscriber, &ice_servers)
+            .await?;
         let reliable = publisher
-            .create_data_channel(RELIABLE_LABEL, Some(RTCDataChannelInit { ordered: true, ..Default::default() }))
+            .create_data_channel(
+                RELIABLE_LABEL,
+                Some(RTCDataChannelInit {
+                    ordered: true,
+                    ..Default::default()
+                }),
+            )
             .await?;
         let lossy = publisher
             .create_data_channel(
                 LOSSY_LABEL,
-                Some(RTCDataChannelInit { ordered: false, max_retransmits: Some(0), ..Default::default() }),
+                Some(RTCDataChannelInit {
+                    ordered: false,
+                    max_retransmits: Some(0),
+                    ..Default::default()
+                }),
             )
             .await?;
         let tasks = vec![
-            spawn_dc_reader(reliable.clone(), DataKind::Reliable, generation, self.internal_tx.clone()),
-            spawn_dc_reader(lossy.clone(), DataKind::Lossy, generation, self.internal_tx.clone()),
+            spawn_dc_reader(
+                reliable.clone(),
+                DataKind::Reliable,
+                generation,
+                self.internal_tx.clone(),
+            ),
+            spawn_dc_reader(
+                lossy.clone(),
+                DataKind::Lossy,
+                generation,
+                self.internal_tx.clone(),
+            ),
         ];
         let secs = |s: i32, d: u64| Duration::from_secs(if s > 0 { s as u64 } else { d });
         let session = Session {
@@ -382,7 +446,8 @@ impl Engine {
         if let Some(p) = &join.participant {
             self.local = Participant::from(p);
         }
-        self.sync_participants(&join.other_participants, rejoin).await;
+        self.sync_participants(&join.other_participants, rejoin)
+            .await;
         self.negotiate_publisher(false).await?;
         Ok(join)
     }
@@ -395,16 +460,25 @@ impl Engine {
     ) -> Result<Arc<dyn PeerConnection>, RtcError> {
         let mut media = MediaEngine::default();
         media.register_codec(
-            RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT, ..Default::default() },
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PT,
+            },
             RtpCodecKind::Audio,
         )?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
-        let config = RTCConfigurationBuilder::new().with_ice_servers(ice_servers.to_vec()).build();
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(ice_servers.to_vec())
+            .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Forwarder { tx: self.internal_tx.clone(), generation, target }))
+            .with_handler(Arc::new(Forwarder {
+                tx: self.internal_tx.clone(),
+                generation,
+                target,
+            }))
             .with_udp_addrs(self.options.udp_addrs.clone())
             .build()
             .await?;
@@ -428,19 +502,21 @@ impl Engine {
             };
             let step = tokio::select! {
                 cmd = self.cmd_rx.recv() => Step::Cmd(cmd),
-                msg = signal::recv(&mut session.ws_rx) => Step::Signal(msg),
+                msg = signal::recv(&mut session.ws_rx) => Step::Signal(msg.map(Box::new)),
                 ev = self.internal_rx.recv() => Step::Internal(ev),
                 _ = ping.tick() => Step::Ping,
             };
             let lost: Option<String> = match step {
-                Step::Cmd(None) => return self.finish(DisconnectReason::ClientInitiated, true).await,
+                Step::Cmd(None) => {
+                    return self.finish(DisconnectReason::ClientInitiated, true).await;
+                }
                 Step::Cmd(Some(cmd)) => {
                     if !self.handle_command(cmd).await {
                         return self.finish(DisconnectReason::ClientInitiated, true).await;
                     }
                     None
                 }
-                Step::Signal(Ok(msg)) => match self.handle_signal(msg).await {
+                Step::Signal(Ok(msg)) => match self.handle_signal(*msg).await {
                     Ok(Flow::Continue) => None,
                     Ok(Flow::Lost(why)) => Some(why),
                     Ok(Flow::Rejoin(why)) => {
@@ -449,7 +525,11 @@ impl Engine {
                         }
                         return;
                     }
-                    Ok(Flow::Leave(reason)) => return self.finish(DisconnectReason::ServerLeave(reason), false).await,
+                    Ok(Flow::Leave(reason)) => {
+                        return self
+                            .finish(DisconnectReason::ServerLeave(reason), false)
+                            .await;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "signal message handling failed");
                         None
@@ -460,13 +540,21 @@ impl Engine {
                 Step::Internal(Some(ev)) => self.handle_internal(ev).await,
                 Step::Ping => {
                     self.expire_pending_publishes();
-                    let Some(s) = self.session.as_mut() else { return };
+                    let Some(s) = self.session.as_mut() else {
+                        return;
+                    };
                     if s.last_recv.elapsed() > s.ping_timeout {
-                        Some(format!("no message from the server for {:?}", s.ping_timeout))
+                        Some(format!(
+                            "no message from the server for {:?}",
+                            s.ping_timeout
+                        ))
                     } else {
                         if last_ping.elapsed() >= s.ping_interval {
                             last_ping = Instant::now();
-                            let ping = proto::Ping { timestamp: now_ms(), rtt: s.rtt_ms };
+                            let ping = proto::Ping {
+                                timestamp: now_ms(),
+                                rtt: s.rtt_ms,
+                            };
                             if let Err(e) = signal::send(&mut s.ws_tx, Req::PingReq(ping)).await {
                                 tracing::debug!(error = %e, "ping failed");
                             }
@@ -475,10 +563,10 @@ impl Engine {
                     }
                 }
             };
-            if let Some(why) = lost {
-                if !self.reconnect(why, true).await {
-                    return;
-                }
+            if let Some(why) = lost
+                && !self.reconnect(why, true).await
+            {
+                return;
             }
         }
     }
@@ -493,8 +581,13 @@ impl Engine {
                     action: proto::leave_request::Action::Disconnect as i32,
                     ..Default::default()
                 };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, signal::send(&mut s.ws_tx, Req::Leave(leave))).await;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::close(&mut s.ws_tx)).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    signal::send(&mut s.ws_tx, Req::Leave(leave)),
+                )
+                .await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::SinkExt::close(&mut s.ws_tx))
+                    .await;
             }
             s.teardown().await;
         }
@@ -526,7 +619,11 @@ impl Engine {
             Command::RemoteParticipants { reply } => {
                 let _ = reply.send(self.participants.values().cloned().collect());
             }
-            Command::PublishAudio { name, sample_rate, reply } => {
+            Command::PublishAudio {
+                name,
+                sample_rate,
+                reply,
+            } => {
                 if !audio::OPUS_RATES.contains(&sample_rate) {
                     let _ = reply.send(Err(RtcError::InvalidArgument(format!(
                         "sample rate {sample_rate}: use one of {:?}",
@@ -541,14 +638,36 @@ impl Engine {
                 }
                 self.pending_publish.insert(
                     cid,
-                    PendingPublish { name, sample_rate, reply: Some(reply), deadline: Instant::now() + PUBLISH_TIMEOUT },
+                    PendingPublish {
+                        name,
+                        sample_rate,
+                        reply: Some(reply),
+                        deadline: Instant::now() + PUBLISH_TIMEOUT,
+                    },
                 );
             }
-            Command::SendData { payload, kind, topic, destinations, reply } => {
-                let packet = data::user_packet(&self.local.identity, payload, topic.as_deref(), &destinations);
+            Command::SendData {
+                payload,
+                kind,
+                topic,
+                destinations,
+                reply,
+            } => {
+                let packet = data::user_packet(
+                    &self.local.identity,
+                    payload,
+                    topic.as_deref(),
+                    &destinations,
+                );
                 let _ = reply.send(self.send_packet(packet, kind).await);
             }
-            Command::SendText { topic, text, attributes, destinations, reply } => {
+            Command::SendText {
+                topic,
+                text,
+                attributes,
+                destinations,
+                reply,
+            } => {
                 let stream_id = random_id("");
                 let spec = data::TextStreamSpec {
                     stream_id: &stream_id,
@@ -606,23 +725,30 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         for cid in expired {
-            if let Some(p) = self.pending_publish.remove(&cid) {
-                if let Some(r) = p.reply {
-                    let _ = r.send(Err(RtcError::Timeout { what: "track published response", after: PUBLISH_TIMEOUT }));
-                }
+            if let Some(p) = self.pending_publish.remove(&cid)
+                && let Some(r) = p.reply
+            {
+                let _ = r.send(Err(RtcError::Timeout {
+                    what: "track published response",
+                    after: PUBLISH_TIMEOUT,
+                }));
             }
         }
     }
 
     /// Encode and send one data packet, or hold it until the channel opens.
-    async fn send_packet(&mut self, mut packet: proto::DataPacket, kind: DataKind) -> Result<(), RtcError> {
+    async fn send_packet(
+        &mut self,
+        mut packet: proto::DataPacket,
+        kind: DataKind,
+    ) -> Result<(), RtcError> {
         // `kind` is deprecated in the protocol (the channel says it) but older servers
         // and clients still read it.
         #[allow(deprecated)]
         match kind {
             DataKind::Reliable => {
                 packet.kind = proto::data_packet::Kind::Reliable as i32;
-                packet.sequence = self.sequencer.next();
+                packet.sequence = self.sequencer.next_sequence();
             }
             DataKind::Lossy => packet.kind = proto::data_packet::Kind::Lossy as i32,
         }
@@ -635,7 +761,9 @@ impl Engine {
         };
         if !open || !self.pending_data.is_empty() {
             if self.pending_data.len() >= MAX_PENDING_DATA {
-                return Err(RtcError::InvalidArgument("too much data queued before the channel opened".into()));
+                return Err(RtcError::InvalidArgument(
+                    "too much data queued before the channel opened".into(),
+                ));
             }
             self.pending_data.push_back((kind, bytes));
             return Ok(());
@@ -646,7 +774,9 @@ impl Engine {
 
     async fn flush_pending_data(&mut self) {
         while let Some((kind, _)) = self.pending_data.front() {
-            let Some(s) = self.session.as_ref() else { return };
+            let Some(s) = self.session.as_ref() else {
+                return;
+            };
             let (dc, open) = match kind {
                 DataKind::Reliable => (&s.reliable, s.reliable_open),
                 DataKind::Lossy => (&s.lossy, s.lossy_open),
@@ -655,7 +785,9 @@ impl Engine {
                 return;
             }
             let dc = dc.clone();
-            let Some((_, bytes)) = self.pending_data.pop_front() else { return };
+            let Some((_, bytes)) = self.pending_data.pop_front() else {
+                return;
+            };
             if let Err(e) = dc.send(BytesMut::from(&bytes[..])).await {
                 tracing::warn!(error = %e, "queued data packet lost");
             }
@@ -663,14 +795,16 @@ impl Engine {
     }
 
     async fn negotiate_publisher(&mut self, ice_restart: bool) -> Result<(), RtcError> {
-        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
         if s.awaiting_answer && !ice_restart {
             s.renegotiate = true;
             return Ok(());
         }
         let offer = s
             .publisher
-            .create_offer(Some(RTCOfferOptions { ice_restart, ..Default::default() }))
+            .create_offer(Some(RTCOfferOptions { ice_restart }))
             .await?;
         s.publisher.set_local_description(offer.clone()).await?;
         let sdp = match s.publisher.local_description().await {
@@ -679,7 +813,12 @@ impl Engine {
         };
         s.offer_id = s.offer_id.wrapping_add(1);
         s.awaiting_answer = true;
-        let desc = proto::SessionDescription { r#type: "offer".into(), sdp, id: s.offer_id, ..Default::default() };
+        let desc = proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id: s.offer_id,
+            ..Default::default()
+        };
         signal::send(&mut s.ws_tx, Req::Offer(desc)).await
     }
 
@@ -689,7 +828,9 @@ impl Engine {
         }
         match msg {
             Resp::Answer(a) => {
-                let Some(s) = self.session.as_mut() else { return Ok(Flow::Continue) };
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
                 let desc = RTCSessionDescription::answer(a.sdp)?;
                 s.publisher.set_remote_description(desc).await?;
                 s.pub_remote_set = true;
@@ -704,7 +845,9 @@ impl Engine {
                 }
             }
             Resp::Offer(o) => {
-                let Some(s) = self.session.as_mut() else { return Ok(Flow::Continue) };
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
                 let desc = RTCSessionDescription::offer(o.sdp)?;
                 s.subscriber.set_remote_description(desc).await?;
                 s.sub_remote_set = true;
@@ -719,11 +862,18 @@ impl Engine {
                     Some(d) => d.sdp,
                     None => answer.sdp,
                 };
-                let desc = proto::SessionDescription { r#type: "answer".into(), sdp, id: o.id, ..Default::default() };
+                let desc = proto::SessionDescription {
+                    r#type: "answer".into(),
+                    sdp,
+                    id: o.id,
+                    ..Default::default()
+                };
                 signal::send(&mut s.ws_tx, Req::Answer(desc)).await?;
             }
             Resp::Trickle(t) => {
-                let Some(s) = self.session.as_mut() else { return Ok(Flow::Continue) };
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
                 let init: RTCIceCandidateInit = match serde_json::from_str(&t.candidate_init) {
                     Ok(c) => c,
                     Err(e) => {
@@ -770,17 +920,16 @@ impl Engine {
                     s.rtt_ms = (now_ms() - p.last_ping_timestamp).max(0);
                 }
             }
-            Resp::RefreshToken(t) => {
-                if !t.is_empty() {
-                    self.token = t;
-                }
-            }
+            Resp::RefreshToken(t) if !t.is_empty() => self.token = t,
             _ => {}
         }
         Ok(Flow::Continue)
     }
 
-    async fn on_track_published(&mut self, tp: proto::TrackPublishedResponse) -> Result<(), RtcError> {
+    async fn on_track_published(
+        &mut self,
+        tp: proto::TrackPublishedResponse,
+    ) -> Result<(), RtcError> {
         let Some(pending) = self.pending_publish.remove(&tp.cid) else {
             return Ok(());
         };
@@ -789,7 +938,12 @@ impl Engine {
         match (result, pending.reply) {
             (Ok(sink), Some(reply)) => {
                 let (sink_tx, sink_rx) = watch::channel(Some(sink));
-                match audio::spawn_local_track(info.sid.clone(), pending.name.clone(), pending.sample_rate, sink_rx) {
+                match audio::spawn_local_track(
+                    info.sid.clone(),
+                    pending.name.clone(),
+                    pending.sample_rate,
+                    sink_rx,
+                ) {
                     Ok((track, pacer)) => {
                         self.published.push(Published {
                             cid: tp.cid,
@@ -822,7 +976,12 @@ impl Engine {
     }
 
     /// Add a sending Opus track for `cid` to the publisher and renegotiate.
-    async fn attach_local_track(&mut self, cid: &str, name: &str, _info: &proto::TrackInfo) -> Result<RtpSink, RtcError> {
+    async fn attach_local_track(
+        &mut self,
+        cid: &str,
+        name: &str,
+        _info: &proto::TrackInfo,
+    ) -> Result<RtpSink, RtcError> {
         let s = self.session.as_ref().ok_or(RtcError::Closed)?;
         let ssrc: u32 = rand::random();
         let track = MediaStreamTrack::new(
@@ -831,29 +990,48 @@ impl Engine {
             name.to_owned(),
             RtpCodecKind::Audio,
             vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
                 codec: opus_codec(),
                 ..Default::default()
             }],
         );
         let local = Arc::new(TrackLocalStaticSample::new(Instant::now(), track)?);
-        s.publisher.add_track(local.clone() as Arc<dyn TrackLocal>).await?;
+        s.publisher
+            .add_track(local.clone() as Arc<dyn TrackLocal>)
+            .await?;
         self.negotiate_publisher(false).await?;
-        Ok(RtpSink { track: local, ssrc, payload_type: OPUS_PT })
+        Ok(RtpSink {
+            track: local,
+            ssrc,
+            payload_type: OPUS_PT,
+        })
     }
 
     async fn handle_internal(&mut self, ev: Internal) -> Option<String> {
         let current = self.session.as_ref().map(|s| s.generation);
         match ev {
-            Internal::Pc { generation, target, event } => {
+            Internal::Pc {
+                generation,
+                target,
+                event,
+            } => {
                 if Some(generation) != current {
                     return None;
                 }
                 match event {
                     PcEvent::Candidate(init) => {
-                        let Ok(json) = serde_json::to_string(&init) else { return None };
+                        let Ok(json) = serde_json::to_string(&init) else {
+                            return None;
+                        };
                         let s = self.session.as_mut()?;
-                        let req = proto::TrickleRequest { candidate_init: json, target: target.proto(), r#final: false };
+                        let req = proto::TrickleRequest {
+                            candidate_init: json,
+                            target: target.proto(),
+                            r#final: false,
+                        };
                         if let Err(e) = signal::send(&mut s.ws_tx, Req::Trickle(req)).await {
                             return Some(e.to_string());
                         }
@@ -867,7 +1045,11 @@ impl Engine {
                     PcEvent::Track(track) => self.on_remote_track(track).await,
                     PcEvent::DataChannel(dc) => {
                         let label = dc.label().await.unwrap_or_default();
-                        let kind = if label == LOSSY_LABEL { DataKind::Lossy } else { DataKind::Reliable };
+                        let kind = if label == LOSSY_LABEL {
+                            DataKind::Lossy
+                        } else {
+                            DataKind::Reliable
+                        };
                         let task = spawn_dc_reader(dc, kind, generation, self.internal_tx.clone());
                         if let Some(s) = self.session.as_mut() {
                             s.tasks.push(task);
@@ -891,7 +1073,7 @@ impl Engine {
                 }
                 self.flush_pending_data().await;
             }
-            Internal::Data { packet, kind } => self.on_data(packet, kind).await,
+            Internal::Data { packet, kind } => self.on_data(*packet, kind).await,
         }
         None
     }
@@ -906,7 +1088,11 @@ impl Engine {
             tracing::debug!(stream_id, track_id, "remote track without a LiveKit msid");
             return;
         };
-        let identity = self.participants.get(&psid).map(|p| p.identity.clone()).unwrap_or_default();
+        let identity = self
+            .participants
+            .get(&psid)
+            .map(|p| p.identity.clone())
+            .unwrap_or_default();
         self.subscribed.insert(tsid.clone(), psid.clone());
         self.emit(RoomEvent::TrackSubscribed(RemoteAudioTrack {
             sid: tsid,
@@ -922,8 +1108,13 @@ impl Engine {
         let identity = packet.participant_identity;
         match packet.value {
             Some(Value::User(u)) => {
-                self.emit(RoomEvent::DataReceived { participant_identity: identity, topic: u.topic, payload: u.payload, kind })
-                    .await;
+                self.emit(RoomEvent::DataReceived {
+                    participant_identity: identity,
+                    topic: u.topic,
+                    payload: u.payload,
+                    kind,
+                })
+                .await;
             }
             Some(Value::StreamHeader(h)) => self.assembler.header(&identity, h),
             Some(Value::StreamChunk(c)) => self.assembler.chunk(c),
@@ -940,16 +1131,30 @@ impl Engine {
     /// On a rejoin (`full` true) participants missing from the list are gone.
     async fn sync_participants(&mut self, list: &[proto::ParticipantInfo], full: bool) {
         if full {
-            let present: std::collections::HashSet<&str> = list.iter().map(|p| p.sid.as_str()).collect();
-            let gone: Vec<String> = self.participants.keys().filter(|k| !present.contains(k.as_str())).cloned().collect();
+            let present: std::collections::HashSet<&str> =
+                list.iter().map(|p| p.sid.as_str()).collect();
+            let gone: Vec<String> = self
+                .participants
+                .keys()
+                .filter(|k| !present.contains(k.as_str()))
+                .cloned()
+                .collect();
             for sid in gone {
                 self.remove_participant(&sid).await;
             }
             // Every remote track is gone with the old subscriber connection.
             let subs: Vec<(String, String)> = self.subscribed.drain().collect();
             for (tsid, psid) in subs {
-                let identity = self.participants.get(&psid).map(|p| p.identity.clone()).unwrap_or_default();
-                self.emit(RoomEvent::TrackUnsubscribed { participant_identity: identity, track_sid: tsid }).await;
+                let identity = self
+                    .participants
+                    .get(&psid)
+                    .map(|p| p.identity.clone())
+                    .unwrap_or_default();
+                self.emit(RoomEvent::TrackUnsubscribed {
+                    participant_identity: identity,
+                    track_sid: tsid,
+                })
+                .await;
             }
         }
         for info in list {
@@ -963,18 +1168,27 @@ impl Engine {
             }
             let p = Participant::from(info);
             let tracks: Vec<String> = info.tracks.iter().map(|t| t.sid.clone()).collect();
-            let old_tracks = self.published_by.insert(info.sid.clone(), tracks.clone()).unwrap_or_default();
+            let old_tracks = self
+                .published_by
+                .insert(info.sid.clone(), tracks.clone())
+                .unwrap_or_default();
             for gone in old_tracks.iter().filter(|t| !tracks.contains(t)) {
                 if self.subscribed.remove(gone).is_some() {
-                    self.emit(RoomEvent::TrackUnsubscribed { participant_identity: p.identity.clone(), track_sid: gone.clone() })
-                        .await;
+                    self.emit(RoomEvent::TrackUnsubscribed {
+                        participant_identity: p.identity.clone(),
+                        track_sid: gone.clone(),
+                    })
+                    .await;
                 }
             }
             match self.participants.insert(info.sid.clone(), p.clone()) {
                 None => self.emit(RoomEvent::ParticipantJoined(p)).await,
                 Some(old) if old.attributes != p.attributes => {
-                    self.emit(RoomEvent::ParticipantAttributesChanged { identity: p.identity, attributes: p.attributes })
-                        .await
+                    self.emit(RoomEvent::ParticipantAttributesChanged {
+                        identity: p.identity,
+                        attributes: p.attributes,
+                    })
+                    .await
                 }
                 Some(_) => {}
             }
@@ -983,11 +1197,22 @@ impl Engine {
 
     async fn remove_participant(&mut self, sid: &str) {
         self.published_by.remove(sid);
-        let Some(p) = self.participants.remove(sid) else { return };
-        let tracks: Vec<String> = self.subscribed.iter().filter(|(_, ps)| ps.as_str() == sid).map(|(t, _)| t.clone()).collect();
+        let Some(p) = self.participants.remove(sid) else {
+            return;
+        };
+        let tracks: Vec<String> = self
+            .subscribed
+            .iter()
+            .filter(|(_, ps)| ps.as_str() == sid)
+            .map(|(t, _)| t.clone())
+            .collect();
         for t in tracks {
             self.subscribed.remove(&t);
-            self.emit(RoomEvent::TrackUnsubscribed { participant_identity: p.identity.clone(), track_sid: t }).await;
+            self.emit(RoomEvent::TrackUnsubscribed {
+                participant_identity: p.identity.clone(),
+                track_sid: t,
+            })
+            .await;
         }
         self.assembler.participant_left(&p.identity);
         self.emit(RoomEvent::ParticipantLeft(p)).await;
@@ -1003,7 +1228,8 @@ impl Engine {
         while let Some((kind, delay)) = self.options.reconnect.next(attempt, resume_possible) {
             attempt += 1;
             if !self.sleep_watching_commands(delay).await {
-                self.finish_in_place(DisconnectReason::ClientInitiated, false).await;
+                self.finish_in_place(DisconnectReason::ClientInitiated, false)
+                    .await;
                 return false;
             }
             let result = match kind {
@@ -1012,7 +1238,10 @@ impl Engine {
             };
             match result {
                 Ok(()) => {
-                    self.emit(RoomEvent::Reconnected { resumed: kind == ReconnectKind::Resume }).await;
+                    self.emit(RoomEvent::Reconnected {
+                        resumed: kind == ReconnectKind::Resume,
+                    })
+                    .await;
                     return true;
                 }
                 Err(e) => {
@@ -1022,13 +1251,20 @@ impl Engine {
                         if matches!(e, RtcError::Refused { .. } | RtcError::Disconnected(_)) {
                             resume_possible = false;
                         }
-                    } else if matches!(e, RtcError::Refused { status: 401 | 403, .. }) {
+                    } else if matches!(
+                        e,
+                        RtcError::Refused {
+                            status: 401 | 403,
+                            ..
+                        }
+                    ) {
                         break; // the token is no longer accepted
                     }
                 }
             }
         }
-        self.finish_in_place(DisconnectReason::ReconnectFailed, false).await;
+        self.finish_in_place(DisconnectReason::ReconnectFailed, false)
+            .await;
         false
     }
 
@@ -1096,38 +1332,63 @@ impl Engine {
         let sid = self.local.sid.clone();
         let url = signal::signal_url(
             &self.url,
-            &UrlParams { auto_subscribe: self.options.auto_subscribe, reconnect: Some((&sid, 1)) },
+            &UrlParams {
+                auto_subscribe: self.options.auto_subscribe,
+                reconnect: Some((&sid, 1)),
+            },
         )?;
-        let (ws_tx, mut ws_rx) = tokio::time::timeout(SIGNAL_TIMEOUT, signal::connect(&url, &self.token))
-            .await
-            .map_err(|_| RtcError::Timeout { what: "signal reconnection", after: SIGNAL_TIMEOUT })??;
+        let (ws_tx, mut ws_rx) =
+            tokio::time::timeout(SIGNAL_TIMEOUT, signal::connect(&url, &self.token))
+                .await
+                .map_err(|_| RtcError::Timeout {
+                    what: "signal reconnection",
+                    after: SIGNAL_TIMEOUT,
+                })??;
         let mut early = Vec::new();
         tokio::time::timeout(SIGNAL_TIMEOUT, async {
             loop {
                 match signal::recv(&mut ws_rx).await? {
                     Resp::Reconnect(_) => return Ok(()),
-                    Resp::Leave(l) => return Err(RtcError::Disconnected(DisconnectReason::ServerLeave(l.reason))),
-                    Resp::Join(_) => return Err(RtcError::Protocol("join response to a resume".into())),
+                    Resp::Leave(l) => {
+                        return Err(RtcError::Disconnected(DisconnectReason::ServerLeave(
+                            l.reason,
+                        )));
+                    }
+                    Resp::Join(_) => {
+                        return Err(RtcError::Protocol("join response to a resume".into()));
+                    }
                     other => early.push(other),
                 }
             }
         })
         .await
-        .map_err(|_| RtcError::Timeout { what: "reconnect response", after: SIGNAL_TIMEOUT })??;
+        .map_err(|_| RtcError::Timeout {
+            what: "reconnect response",
+            after: SIGNAL_TIMEOUT,
+        })??;
         let s = self.session.as_mut().ok_or(RtcError::Closed)?;
         s.ws_tx = ws_tx;
         s.ws_rx = ws_rx;
         s.last_recv = Instant::now();
         // Tell the server what we have, then restart ICE on the publisher.
-        let answer = s.subscriber.local_description().await.map(|d| proto::SessionDescription {
-            r#type: "answer".into(),
-            sdp: d.sdp,
-            ..Default::default()
-        });
+        let answer = s
+            .subscriber
+            .local_description()
+            .await
+            .map(|d| proto::SessionDescription {
+                r#type: "answer".into(),
+                sdp: d.sdp,
+                ..Default::default()
+            });
         let publish_tracks = self
             .published
             .iter()
-            .filter_map(|p| p.info.clone().map(|t| proto::TrackPublishedResponse { cid: p.cid.clone(), track: Some(t) }))
+            .filter_map(|p| {
+                p.info.clone().map(|t| proto::TrackPublishedResponse {
+                    cid: p.cid.clone(),
+                    track: Some(t),
+                })
+            })
             .collect();
         let sync = proto::SyncState {
             answer,
@@ -1158,12 +1419,21 @@ impl Engine {
         }
         self.pending_data.clear();
         self.join(true).await?;
-        let republish: Vec<(String, String)> = self.published.iter().map(|p| (p.cid.clone(), p.name.clone())).collect();
+        let republish: Vec<(String, String)> = self
+            .published
+            .iter()
+            .map(|p| (p.cid.clone(), p.name.clone()))
+            .collect();
         for (cid, name) in republish {
             self.send_add_track(&cid, &name).await?;
             self.pending_publish.insert(
                 cid,
-                PendingPublish { name, sample_rate: 0, reply: None, deadline: Instant::now() + PUBLISH_TIMEOUT },
+                PendingPublish {
+                    name,
+                    sample_rate: 0,
+                    reply: None,
+                    deadline: Instant::now() + PUBLISH_TIMEOUT,
+                },
             );
         }
         Ok(())
@@ -1210,14 +1480,22 @@ fn spawn_dc_reader(
         let label = dc.label().await.unwrap_or_default();
         while let Some(ev) = dc.poll().await {
             let msg = match ev {
-                DataChannelEvent::OnOpen => Internal::DcOpen { generation, label: label.clone() },
-                DataChannelEvent::OnMessage(m) => match proto::DataPacket::decode(m.data.as_ref()) {
-                    Ok(packet) => Internal::Data { packet, kind },
-                    Err(e) => {
-                        tracing::debug!(error = %e, "undecodable data packet");
-                        continue;
-                    }
+                DataChannelEvent::OnOpen => Internal::DcOpen {
+                    generation,
+                    label: label.clone(),
                 },
+                DataChannelEvent::OnMessage(m) => {
+                    match proto::DataPacket::decode(m.data.as_ref()) {
+                        Ok(packet) => Internal::Data {
+                            packet: Box::new(packet),
+                            kind,
+                        },
+                        Err(e) => {
+                            tracing::debug!(error = %e, "undecodable data packet");
+                            continue;
+                        }
+                    }
+                }
                 DataChannelEvent::OnClose => break,
                 _ => continue,
             };

@@ -11,7 +11,10 @@ mod msid;
 mod room;
 pub mod signal;
 
-pub use audio::{AudioFrame, AudioStream, FRAME_DURATION, LocalAudioTrack, OPUS_RATES, PacerStats, RemoteAudioTrack};
+pub use audio::{
+    AudioFrame, AudioStream, FRAME_DURATION, LocalAudioTrack, OPUS_RATES, PacerStats,
+    RemoteAudioTrack,
+};
 pub use backoff::{ReconnectKind, ReconnectPolicy};
 pub use data::TextStream;
 pub use error::RtcError;

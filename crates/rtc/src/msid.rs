@@ -32,12 +32,18 @@ mod tests {
 
     #[test]
     fn legacy_form() {
-        assert_eq!(parse_msid("PA_abc", "TR_xyz"), Some(("PA_abc".into(), "TR_xyz".into())));
+        assert_eq!(
+            parse_msid("PA_abc", "TR_xyz"),
+            Some(("PA_abc".into(), "TR_xyz".into()))
+        );
     }
 
     #[test]
     fn pipe_with_empty_track_falls_back_to_track_id() {
-        assert_eq!(parse_msid("PA_abc|", "TR_1"), Some(("PA_abc".into(), "TR_1".into())));
+        assert_eq!(
+            parse_msid("PA_abc|", "TR_1"),
+            Some(("PA_abc".into(), "TR_1".into()))
+        );
     }
 
     #[test]

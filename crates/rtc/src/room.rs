@@ -204,13 +204,20 @@ impl Room {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, RtcError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd.send(make(tx)).await.map_err(|_| RtcError::Closed)?;
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| RtcError::Closed)?;
         rx.await.map_err(|_| RtcError::Closed)
     }
 
     /// Publish a microphone audio track fed with mono PCM at `sample_rate` (8, 12, 16,
     /// 24 or 48 kHz); sent as 48 kHz Opus in 20 ms frames, paced in real time.
-    pub async fn publish_audio(&self, name: &str, sample_rate: u32) -> Result<LocalAudioTrack, RtcError> {
+    pub async fn publish_audio(
+        &self,
+        name: &str,
+        sample_rate: u32,
+    ) -> Result<LocalAudioTrack, RtcError> {
         self.request(|reply| Command::PublishAudio {
             name: name.to_owned(),
             sample_rate,
@@ -258,13 +265,18 @@ impl Room {
 
     /// Set (merge) our own participant attributes, e.g. `lk.agent.state`. An empty
     /// value deletes a key. The token needs the `canUpdateOwnMetadata` grant.
-    pub async fn set_attributes(&self, attributes: HashMap<String, String>) -> Result<(), RtcError> {
-        self.request(|reply| Command::SetAttributes { attributes, reply }).await?
+    pub async fn set_attributes(
+        &self,
+        attributes: HashMap<String, String>,
+    ) -> Result<(), RtcError> {
+        self.request(|reply| Command::SetAttributes { attributes, reply })
+            .await?
     }
 
     /// The other participants in the room now.
     pub async fn remote_participants(&self) -> Result<Vec<Participant>, RtcError> {
-        self.request(|reply| Command::RemoteParticipants { reply }).await
+        self.request(|reply| Command::RemoteParticipants { reply })
+            .await
     }
 
     /// Leave the room (`LeaveRequest`), close both peer connections and stop every

@@ -37,7 +37,11 @@ pub fn signal_url(base: &str, params: &UrlParams<'_>) -> Result<String, RtcError
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
-        other => return Err(RtcError::InvalidUrl(format!("unsupported scheme {other:?}"))),
+        other => {
+            return Err(RtcError::InvalidUrl(format!(
+                "unsupported scheme {other:?}"
+            )));
+        }
     };
     // Drop any query or fragment the caller passed; keep a path prefix.
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
@@ -93,8 +97,9 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream)
     let mut request = url
         .into_client_request()
         .map_err(|e| RtcError::InvalidUrl(e.to_string()))?;
-    let auth = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| RtcError::InvalidArgument("token has characters not allowed in a header".into()))?;
+    let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        RtcError::InvalidArgument("token has characters not allowed in a header".into())
+    })?;
     request.headers_mut().insert("Authorization", auth);
     let (ws, _resp) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
@@ -114,7 +119,10 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream)
 }
 
 /// Send one request.
-pub(crate) async fn send(sink: &mut WsSink, msg: proto::signal_request::Message) -> Result<(), RtcError> {
+pub(crate) async fn send(
+    sink: &mut WsSink,
+    msg: proto::signal_request::Message,
+) -> Result<(), RtcError> {
     let req = proto::SignalRequest { message: Some(msg) };
     sink.send(Message::Binary(req.encode_to_vec().into()))
         .await
@@ -122,7 +130,9 @@ pub(crate) async fn send(sink: &mut WsSink, msg: proto::signal_request::Message)
 }
 
 /// The next response; `Err` when the connection is gone or sent garbage.
-pub(crate) async fn recv(stream: &mut WsStream) -> Result<proto::signal_response::Message, RtcError> {
+pub(crate) async fn recv(
+    stream: &mut WsStream,
+) -> Result<proto::signal_response::Message, RtcError> {
     loop {
         let msg = match stream.next().await {
             None => return Err(RtcError::SignalClosed("end of stream".into())),
@@ -138,7 +148,9 @@ pub(crate) async fn recv(stream: &mut WsStream) -> Result<proto::signal_response
             }
             Message::Close(frame) => {
                 return Err(RtcError::SignalClosed(
-                    frame.map(|f| f.reason.to_string()).unwrap_or_else(|| "closed".into()),
+                    frame
+                        .map(|f| f.reason.to_string())
+                        .unwrap_or_else(|| "closed".into()),
                 ));
             }
             _ => {}
@@ -152,9 +164,19 @@ mod tests {
 
     #[test]
     fn builds_join_url() {
-        let u = signal_url("http://127.0.0.1:7880", &UrlParams { auto_subscribe: true, reconnect: None }).unwrap();
+        let u = signal_url(
+            "http://127.0.0.1:7880",
+            &UrlParams {
+                auto_subscribe: true,
+                reconnect: None,
+            },
+        )
+        .unwrap();
         assert!(u.starts_with("ws://127.0.0.1:7880/rtc?sdk=rust&"), "{u}");
-        assert!(u.contains("&protocol=16&client_protocol=1&auto_subscribe=1&adaptive_stream=0"), "{u}");
+        assert!(
+            u.contains("&protocol=16&client_protocol=1&auto_subscribe=1&adaptive_stream=0"),
+            "{u}"
+        );
         assert!(!u.contains("reconnect"));
     }
 
@@ -162,11 +184,17 @@ mod tests {
     fn builds_resume_url_and_keeps_prefix() {
         let u = signal_url(
             "wss://example.test/base/?x=1",
-            &UrlParams { auto_subscribe: false, reconnect: Some(("PA_a b", 1)) },
+            &UrlParams {
+                auto_subscribe: false,
+                reconnect: Some(("PA_a b", 1)),
+            },
         )
         .unwrap();
         assert!(u.starts_with("wss://example.test/base/rtc?"), "{u}");
-        assert!(u.ends_with("&reconnect=1&sid=PA_a%20b&reconnect_reason=1"), "{u}");
+        assert!(
+            u.ends_with("&reconnect=1&sid=PA_a%20b&reconnect_reason=1"),
+            "{u}"
+        );
         assert!(u.contains("auto_subscribe=0"));
     }
 
