@@ -112,6 +112,11 @@ pub enum SessionEvent {
         text: String,
         is_final: bool,
     },
+    /// The user's turn was committed; reply `reply` answers it.
+    UserTurn {
+        reply: ReplyId,
+        text: String,
+    },
     /// Reply text as it is generated.
     AgentText {
         reply: ReplyId,
@@ -624,7 +629,8 @@ impl Actor {
             return;
         }
         info!(reply = id, user = %text, "user turn");
-        self.chat.push(ChatMessage::user(text));
+        self.chat.push(ChatMessage::user(text.clone()));
+        self.emit(SessionEvent::UserTurn { reply: id, text }).await;
         if let Some(old) = self.reply.take() {
             // The machine only commits over a reply it is cancelling.
             old.task.abort();

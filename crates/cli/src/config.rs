@@ -1,0 +1,445 @@
+//! `agent-config/agent.toml`: what the agent says and hears with, and how it
+//! takes turns. Every section is optional and defaults to the shipped values;
+//! an unknown key, a wrong type or a bad value is an error naming the key and
+//! the file. Secrets never live here: only in environment variables.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent::session::SessionOptions;
+use agent::turn::TurnOptions;
+use agent::vad::VadOptions;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Where the config is looked for when `--config` is not given.
+pub const DEFAULT_PATH: &str = "agent-config/agent.toml";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The system prompt.
+    pub instructions: String,
+    pub llm: kimi::KimiConfig,
+    pub stt: SttConfig,
+    pub tts: TtsConfig,
+    pub vad: VadConfig,
+    pub turn: TurnConfig,
+    pub interruption: InterruptionConfig,
+    pub session: SessionConfig,
+    pub models: ModelsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            instructions: "You are a helpful voice assistant. Answer in one or two short \
+                           sentences of plain spoken English: no lists, no markdown, no emoji."
+                .into(),
+            llm: kimi::KimiConfig::default(),
+            stt: SttConfig::default(),
+            tts: TtsConfig::default(),
+            vad: VadConfig::default(),
+            turn: TurnConfig::default(),
+            interruption: InterruptionConfig::default(),
+            session: SessionConfig::default(),
+            models: ModelsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SttEngine {
+    /// Local whisper tiny.en (needs `voice-agent download-files`).
+    Whisper,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttConfig {
+    pub engine: SttEngine,
+    /// Seconds between interim transcripts while the user speaks; 0 for
+    /// final transcripts only.
+    pub interim_interval: f64,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            engine: SttEngine::Whisper,
+            interim_interval: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TtsEngine {
+    /// Local Piper voice (needs `voice-agent download-files`).
+    Piper,
+    /// espeak-ng: robotic, but no download at all.
+    Espeak,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    pub engine: TtsEngine,
+    /// espeak-ng voice name (engine `espeak`).
+    pub voice: String,
+    /// Speaking rate: 1.0 is the voice's own.
+    pub speed: f32,
+    /// Sample rate of the agent's audio output.
+    pub output_sample_rate: u32,
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        Self {
+            engine: TtsEngine::Piper,
+            voice: "en-us".into(),
+            speed: 1.0,
+            output_sample_rate: 24_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VadEngine {
+    /// Pure Rust, weights built in.
+    Earshot,
+    /// Silero VAD (needs `voice-agent download-files`).
+    Silero,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadConfig {
+    pub engine: VadEngine,
+    pub activation_threshold: f32,
+    pub deactivation_threshold: f32,
+    /// Seconds of voice before speech counts as started.
+    pub min_speech_duration: f64,
+    /// Seconds of silence before speech counts as ended.
+    pub min_silence_duration: f64,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        let d = VadOptions::default();
+        Self {
+            engine: VadEngine::Earshot,
+            activation_threshold: d.activation_threshold,
+            deactivation_threshold: d.deactivation_threshold,
+            min_speech_duration: d.min_speech_duration.as_secs_f64(),
+            min_silence_duration: d.min_silence_duration.as_secs_f64(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TurnDetectorKind {
+    /// Smart Turn v3.2 on the user's audio (needs `voice-agent download-files`).
+    SmartTurn,
+    /// Endpointing by silence alone (`min_endpointing_delay`).
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    pub detector: TurnDetectorKind,
+    /// Below this end-of-turn probability the turn is judged unfinished.
+    pub unlikely_threshold: Option<f32>,
+    /// Seconds of silence before a likely-finished turn is committed.
+    pub min_endpointing_delay: f64,
+    /// Seconds of silence before a likely-unfinished turn is committed.
+    pub max_endpointing_delay: f64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        let d = TurnOptions::default();
+        Self {
+            detector: TurnDetectorKind::SmartTurn,
+            unlikely_threshold: None,
+            min_endpointing_delay: d.min_endpointing_delay.as_secs_f64(),
+            max_endpointing_delay: d.max_endpointing_delay.as_secs_f64(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InterruptionConfig {
+    pub enabled: bool,
+    /// Seconds of user speech that interrupt the agent.
+    pub min_duration: f64,
+    /// Words the user must say to interrupt (0: any speech).
+    pub min_words: usize,
+    /// Resume a paused reply when the user said no words within this many
+    /// seconds of falling silent.
+    pub false_interruption_timeout: f64,
+    pub resume_false_interruption: bool,
+}
+
+impl Default for InterruptionConfig {
+    fn default() -> Self {
+        let d = TurnOptions::default();
+        Self {
+            enabled: d.allow_interruptions,
+            min_duration: d.min_interruption_duration.as_secs_f64(),
+            min_words: d.min_interruption_words,
+            false_interruption_timeout: d
+                .false_interruption_timeout
+                .map_or(2.0, |t| t.as_secs_f64()),
+            resume_false_interruption: d.false_interruption_timeout.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Tool-call rounds per reply.
+    pub max_tool_steps: usize,
+    /// Spoken when the LLM fails before saying anything ("" says nothing).
+    pub error_message: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        let d = SessionOptions::default();
+        Self {
+            max_tool_steps: d.max_tool_steps,
+            error_message: d.error_message,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Model cache directory; default `$VOICE_AGENT_CACHE`, else the XDG
+    /// cache directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A config file and where it came from.
+pub struct Loaded {
+    pub config: Config,
+    /// `None`: no file, built-in defaults.
+    pub path: Option<PathBuf>,
+}
+
+/// Loads `path`, or [`DEFAULT_PATH`] if it exists, or the defaults.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    if !required && !path.exists() {
+        return Ok(Loaded {
+            config: Config::default(),
+            path: None,
+        });
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let config = parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Loaded {
+        config,
+        path: Some(path),
+    })
+}
+
+/// Parses and validates config text. Errors name the offending key.
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        // toml's message already names the key and shows the line.
+        anyhow::anyhow!("{}", e.to_string().trim_end())
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+fn check_seconds(key: &str, v: f64, max: f64) -> anyhow::Result<()> {
+    if !v.is_finite() || v < 0.0 || v > max {
+        bail!("key `{key}`: {v} is out of range (0 to {max} seconds)");
+    }
+    Ok(())
+}
+
+fn check_unit(key: &str, v: f32) -> anyhow::Result<()> {
+    if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+        bail!("key `{key}`: {v} is out of range (0 to 1)");
+    }
+    Ok(())
+}
+
+fn validate(c: &Config) -> anyhow::Result<()> {
+    check_seconds("stt.interim_interval", c.stt.interim_interval, 30.0)?;
+    check_unit("vad.activation_threshold", c.vad.activation_threshold)?;
+    check_unit("vad.deactivation_threshold", c.vad.deactivation_threshold)?;
+    if c.vad.deactivation_threshold > c.vad.activation_threshold {
+        bail!("key `vad.deactivation_threshold`: must not exceed vad.activation_threshold");
+    }
+    check_seconds("vad.min_speech_duration", c.vad.min_speech_duration, 5.0)?;
+    check_seconds("vad.min_silence_duration", c.vad.min_silence_duration, 5.0)?;
+    check_seconds(
+        "turn.min_endpointing_delay",
+        c.turn.min_endpointing_delay,
+        30.0,
+    )?;
+    check_seconds(
+        "turn.max_endpointing_delay",
+        c.turn.max_endpointing_delay,
+        30.0,
+    )?;
+    if c.turn.min_endpointing_delay > c.turn.max_endpointing_delay {
+        bail!("key `turn.min_endpointing_delay`: must not exceed turn.max_endpointing_delay");
+    }
+    if let Some(t) = c.turn.unlikely_threshold {
+        check_unit("turn.unlikely_threshold", t)?;
+    }
+    check_seconds(
+        "interruption.min_duration",
+        c.interruption.min_duration,
+        10.0,
+    )?;
+    check_seconds(
+        "interruption.false_interruption_timeout",
+        c.interruption.false_interruption_timeout,
+        30.0,
+    )?;
+    if !(0.25..=4.0).contains(&c.tts.speed) {
+        bail!(
+            "key `tts.speed`: {} is out of range (0.25 to 4)",
+            c.tts.speed
+        );
+    }
+    if !(8_000..=48_000).contains(&c.tts.output_sample_rate) {
+        bail!(
+            "key `tts.output_sample_rate`: {} is out of range (8000 to 48000)",
+            c.tts.output_sample_rate
+        );
+    }
+    if c.session.max_tool_steps > 100 {
+        bail!(
+            "key `session.max_tool_steps`: {} is more than 100",
+            c.session.max_tool_steps
+        );
+    }
+    Ok(())
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+impl Config {
+    pub fn session_options(&self) -> SessionOptions {
+        let i = &self.interruption;
+        SessionOptions {
+            instructions: self.instructions.clone(),
+            turn: TurnOptions {
+                min_endpointing_delay: secs(self.turn.min_endpointing_delay),
+                max_endpointing_delay: secs(self.turn.max_endpointing_delay),
+                allow_interruptions: i.enabled,
+                min_interruption_duration: secs(i.min_duration),
+                min_interruption_words: i.min_words,
+                false_interruption_timeout: i
+                    .resume_false_interruption
+                    .then(|| secs(i.false_interruption_timeout)),
+            },
+            vad: VadOptions {
+                activation_threshold: self.vad.activation_threshold,
+                deactivation_threshold: self.vad.deactivation_threshold,
+                min_speech_duration: secs(self.vad.min_speech_duration),
+                min_silence_duration: secs(self.vad.min_silence_duration),
+            },
+            max_tool_steps: self.session.max_tool_steps,
+            error_message: self.session.error_message.clone(),
+            ..SessionOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_matches_the_defaults_it_documents() {
+        let text = include_str!("../../../agent-config/agent.toml");
+        let c = parse(text).expect("shipped config is valid");
+        assert_eq!(c.llm.model, "moonshotai/kimi-k2-instruct");
+        assert_eq!(c.llm.provider.as_deref(), Some("baseten"));
+        assert_eq!(c.stt.engine, SttEngine::Whisper);
+        assert_eq!(c.tts.engine, TtsEngine::Piper);
+        assert_eq!(c.turn.detector, TurnDetectorKind::SmartTurn);
+        let o = c.session_options();
+        assert_eq!(o.turn, TurnOptions::default());
+        assert_eq!(o.max_tool_steps, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[turn]\nmin_delay = 0.5\n").expect_err("unknown key");
+        let msg = e.to_string();
+        assert!(msg.contains("min_delay"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("[interruption]\nmin_words = \"two\"\n").expect_err("wrong type");
+        let msg = e.to_string();
+        assert!(msg.contains("min_words"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            (
+                "[turn]\nmin_endpointing_delay = 4.0\n",
+                "turn.min_endpointing_delay",
+            ),
+            (
+                "[vad]\nactivation_threshold = 1.5\n",
+                "vad.activation_threshold",
+            ),
+            (
+                "[interruption]\nmin_duration = -1.0\n",
+                "interruption.min_duration",
+            ),
+            ("[tts]\nengine = \"festival\"\n", "festival"),
+            ("[llm]\nbackend = \"nope\"\n", "nope"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains(key), "{text} → {msg}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "[stt]\nengine = \"deepgram\"\n").expect("write");
+        let msg = load(Some(&path)).err().expect("invalid").to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("deepgram"), "{msg}");
+        let missing = dir.path().join("nope.toml");
+        let msg = format!("{:#}", load(Some(&missing)).err().expect("missing"));
+        assert!(msg.contains("nope.toml"), "{msg}");
+    }
+
+    #[test]
+    fn no_resume_disables_the_false_interruption_timer() {
+        let c = parse("[interruption]\nresume_false_interruption = false\n").expect("valid");
+        assert_eq!(c.session_options().turn.false_interruption_timeout, None);
+    }
+}
