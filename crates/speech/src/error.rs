@@ -20,7 +20,10 @@ pub enum SpeechError {
     InvalidModel { path: PathBuf, reason: String },
     /// A local engine failed at run time.
     #[error("{engine}: {reason}")]
-    Engine { engine: &'static str, reason: String },
+    Engine {
+        engine: &'static str,
+        reason: String,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     /// Fetching or unpacking a model package failed (offline, pip missing,

