@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput};
 use speech::ModelCache;
-use speech::whisper::{Window, WhisperModel, WhisperOptions, WhisperStt};
+use speech::whisper::{WhisperModel, WhisperOptions, WhisperStt, Window};
 
 const RATE: usize = 16_000;
 const FRAME: usize = 320;
@@ -83,7 +83,7 @@ async fn session_latency(stt: WhisperStt, speech: Arc<Vec<i16>>, real_time: bool
         Err(e) => panic!("stream: {e}"),
     };
     let lead = RATE / 2;
-    let mut send = |input| {
+    let send = |input| {
         let tx = s.input.clone();
         async move { tx.send(input).await.is_ok() }
     };
@@ -129,7 +129,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("whisper tiny.en loaded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "whisper tiny.en loaded in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let speech = match espeak(SENTENCE) {
         Ok(s) => s,
         Err(e) => {

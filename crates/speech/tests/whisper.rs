@@ -14,14 +14,17 @@ use std::time::Duration;
 use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput, Transcript};
 use speech::whisper::ct2::{Ct2Dtype, Ct2Model, Ct2Variable};
 use speech::whisper::tokenizer::Tokenizer;
-use speech::whisper::{WhisperModel, WhisperOptions, WhisperStt};
+use speech::whisper::{DecodeLimiter, WhisperModel, WhisperOptions, WhisperStt};
 use speech::{ModelCache, SpeechError};
 
-/// Word error rate bound on espeak-ng speech, measured on this machine:
-/// tiny.en gets every sentence below word for word except "lazy" (heard as
-/// "lazy" or "lady" depending on the voice); the mean WER measured is below
-/// 0.05. The bound leaves room for one wrong word per sentence.
-const MAX_MEAN_WER: f64 = 0.12;
+/// Mean word error rate bound over [`SENTENCES`], espeak-ng voice en-us at
+/// 160 words/min. Measured on this machine: 0.111 — the three other sentences
+/// come out word for word, the fox sentence as "The quick round-fark stump
+/// over the lazy nog." (WER 0.444). CTranslate2 itself, greedy on the same
+/// weights and audio, returns the same fox transcript: tiny.en hears
+/// espeak's voice that way. The bound leaves room for about one more wrong
+/// word per sentence.
+const MAX_MEAN_WER: f64 = 0.2;
 
 const SENTENCES: &[&str] = &[
     "The quick brown fox jumps over the lazy dog.",
@@ -77,7 +80,10 @@ fn read_wav(path: &Path) -> (Vec<i16>, u32) {
 /// Speech for `text` from espeak-ng, mono 16 kHz.
 fn espeak(text: &str) -> Vec<i16> {
     let dir = scratch_dir("espeak");
-    let wav = dir.join(format!("{:x}.wav", text.len() * 7919 + text.as_bytes()[0] as usize));
+    let wav = dir.join(format!(
+        "{:x}.wav",
+        text.len() * 7919 + text.as_bytes()[0] as usize
+    ));
     let status = Command::new("espeak-ng")
         .args(["-v", "en-us", "-s", "160", "-w"])
         .arg(&wav)
@@ -208,8 +214,10 @@ fn tiny_ct2() -> Ct2Model {
             data: 6i16.to_le_bytes().to_vec(),
         },
     );
-    m.aliases
-        .insert("decoder/projection/weight".into(), "encoder/conv1/weight".into());
+    m.aliases.insert(
+        "decoder/projection/weight".into(),
+        "encoder/conv1/weight".into(),
+    );
     m
 }
 
@@ -223,10 +231,16 @@ fn ct2_reader_reads_a_synthetic_file() {
     assert_eq!(parsed.spec, "WhisperSpec");
     assert_eq!(parsed.revision, 3);
     let w = parsed.get("encoder/conv1/weight").unwrap();
-    assert_eq!((w.shape.as_slice(), w.dtype), (&[2usize, 4][..], Ct2Dtype::F16));
+    assert_eq!(
+        (w.shape.as_slice(), w.dtype),
+        (&[2usize, 4][..], Ct2Dtype::F16)
+    );
     assert_eq!(&w.data[..2], &[0x00, 0x3c]);
     assert_eq!(parsed.get("decoder/projection/weight"), Some(w));
-    assert_eq!(parsed.get("decoder/num_heads").unwrap().scalar_i64(), Some(6));
+    assert_eq!(
+        parsed.get("decoder/num_heads").unwrap().scalar_i64(),
+        Some(6)
+    );
     assert_eq!(parsed, model);
 }
 
@@ -261,7 +275,10 @@ fn malformed_model_files_are_typed_errors() {
 #[test]
 fn bpe_decoder_maps_bytes_back() {
     let mut vocab = HashMap::new();
-    for (i, t) in ["Ġhello", "Ġw", "orld", "Ġcaf", "Ã", "©", "!"].iter().enumerate() {
+    for (i, t) in ["Ġhello", "Ġw", "orld", "Ġcaf", "Ã", "©", "!"]
+        .iter()
+        .enumerate()
+    {
         vocab.insert(t.to_string(), i);
     }
     let json = serde_json::json!({
@@ -297,7 +314,10 @@ async fn transcribes_espeak_sentences_within_the_wer_bound() {
         assert!(matches!(events.first(), Some(SttEvent::StartOfSpeech)));
         let t = final_.unwrap_or_else(|| panic!("no transcript for {sentence:?}: {events:?}"));
         let e = wer(sentence, &t.text);
-        eprintln!("WER {e:.3}  {sentence:?} -> {:?} (conf {:.2})", t.text, t.confidence);
+        eprintln!(
+            "WER {e:.3}  {sentence:?} -> {:?} (conf {:.2})",
+            t.text, t.confidence
+        );
         assert_eq!(t.text, t.text.trim());
         assert_eq!(t.language.as_deref(), Some("en"));
         assert!(t.start < Duration::from_millis(500) && t.end > t.start);
@@ -331,11 +351,13 @@ async fn silence_gives_empty_and_dropping_input_ends_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interims_while_speaking_and_long_speech_is_cut_into_windows() {
-    // Fed at about 2x real time, a 4 s sentence gets interim results.
-    let stt = WhisperStt::new(model(), WhisperOptions::default());
+    // Fed in real time, a 4 s sentence gets interim results. Its own decode
+    // limiter: the process-wide one is shared with the tests running beside
+    // it, whose finals hold interims back.
+    let stt = WhisperStt::with_limiter(model(), WhisperOptions::default(), DecodeLimiter::new(1));
     let sentence = "Please book a table for two people at seven o'clock tomorrow evening.";
     let speech = espeak(sentence);
-    let (events, final_) = utterance(&stt, &speech, Some(Duration::from_millis(10))).await;
+    let (events, final_) = utterance(&stt, &speech, Some(Duration::from_millis(20))).await;
     let interims = events
         .iter()
         .filter(|e| matches!(e, SttEvent::Interim(_)))

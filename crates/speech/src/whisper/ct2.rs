@@ -105,7 +105,9 @@ pub enum Ct2Error {
     Version(u32),
     #[error("unknown dtype {dtype} for variable {name}")]
     Dtype { name: String, dtype: u8 },
-    #[error("variable {name}: shape {shape:?} of {dtype:?} needs {expected} bytes, file says {got}")]
+    #[error(
+        "variable {name}: shape {shape:?} of {dtype:?} needs {expected} bytes, file says {got}"
+    )]
     Size {
         name: String,
         shape: Vec<usize>,

@@ -57,9 +57,7 @@ fn mel_to_hz(m: f64) -> f64 {
 /// norm, as a dense `[n_mels][N_BINS]` table.
 pub fn mel_filter_bank(n_mels: usize) -> Vec<Vec<f32>> {
     let sr = SAMPLE_RATE as f64;
-    let fft_freqs: Vec<f64> = (0..N_BINS)
-        .map(|i| i as f64 * sr / N_FFT as f64)
-        .collect();
+    let fft_freqs: Vec<f64> = (0..N_BINS).map(|i| i as f64 * sr / N_FFT as f64).collect();
     let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(sr / 2.0));
     let mel_f: Vec<f64> = (0..n_mels + 2)
         .map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64))

@@ -186,7 +186,10 @@ impl WhisperModel {
             ("<|notimestamps|>", sp.no_timestamps),
         ] {
             if id as usize >= dims.vocab {
-                return Err(format!("{name} id {id} is outside the {} logits", dims.vocab));
+                return Err(format!(
+                    "{name} id {id} is outside the {} logits",
+                    dims.vocab
+                ));
             }
         }
         // English-only vocabularies (51864) have no language/task slots in
@@ -262,8 +265,8 @@ impl WhisperModel {
         audio.extend_from_slice(pcm);
         audio.resize(padded_len.max(pcm.len()), 0.0);
         let (mel, frames) = self.mel.log_mel(&audio);
-        let mel = Tensor::from_vec(mel, (1, dims.n_mels, frames), &Device::Cpu)
-            .map_err(engine_err)?;
+        let mel =
+            Tensor::from_vec(mel, (1, dims.n_mels, frames), &Device::Cpu).map_err(engine_err)?;
         if cancel.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -311,13 +314,12 @@ impl WhisperModel {
                     step[id as usize] = f32::NEG_INFINITY;
                 }
             }
-            let (best, best_logit) = step
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |acc, (i, v)| {
+            let (best, best_logit) = step.iter().copied().enumerate().fold(
+                (0usize, f32::NEG_INFINITY),
+                |acc, (i, v)| {
                     if v > acc.1 { (i, v) } else { acc }
-                });
+                },
+            );
             sum_logprob += (best_logit - log_sum_exp(&step)) as f64;
             count += 1;
             let best = best as u32;

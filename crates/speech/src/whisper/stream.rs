@@ -337,8 +337,7 @@ impl StreamTask {
         let Some(permit) = self.limiter.try_acquire_interim() else {
             return;
         };
-        speech.next_interim =
-            self.received + samples_for(interval, SAMPLE_RATE as u32) as u64;
+        speech.next_interim = self.received + samples_for(interval, SAMPLE_RATE as u32) as u64;
         let (start, end) = (speech.start, self.received);
         let job = Job {
             kind: Kind::Interim,
