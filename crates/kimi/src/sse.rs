@@ -162,12 +162,8 @@ impl SseParser {
                 push_utf8(&mut self.data, value);
             }
             b"event" => self.event = Some(lossy(value)),
-            b"id" => {
-                // An id containing NUL is ignored, per the standard.
-                if memchr::memchr(0, value).is_none() {
-                    self.id = Some(lossy(value));
-                }
-            }
+            // An id containing NUL is ignored, per the standard.
+            b"id" if memchr::memchr(0, value).is_none() => self.id = Some(lossy(value)),
             // `retry` tunes EventSource reconnection, which a completion
             // stream never does; unknown fields are ignored.
             _ => {}

@@ -290,7 +290,7 @@ async fn wrong_secret_is_a_one_line_auth_error_without_secrets() {
         _ => None,
     };
     let llm = KimiLlm::new(&config(&gw), &env).unwrap();
-    let err = collect(&llm, request()).await.err().expect("must fail");
+    let err = collect(&llm, request()).await.expect_err("must fail");
     assert_eq!(err.kind, ErrorKind::Auth);
     assert!(!err.retryable);
     let text = err.to_string();
@@ -407,7 +407,7 @@ async fn bad_request_carries_the_server_message_and_is_not_retried() {
     )
     .await;
     let llm = KimiLlm::new(&config(&gw), &livekit_env).unwrap();
-    let err = collect(&llm, request()).await.err().expect("must fail");
+    let err = collect(&llm, request()).await.expect_err("must fail");
     assert_eq!(err.kind, ErrorKind::BadRequest);
     assert!(
         err.message
@@ -605,7 +605,7 @@ async fn when_every_target_fails_the_primary_error_is_returned() {
         extra_kwargs: None,
     }];
     let llm = KimiLlm::new(&cfg, &livekit_env).unwrap();
-    let err = collect(&llm, request()).await.err().expect("must fail");
+    let err = collect(&llm, request()).await.expect_err("must fail");
     assert_eq!(err.kind, ErrorKind::BadRequest);
     assert!(err.message.contains("model not found"));
 }

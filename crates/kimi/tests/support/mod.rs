@@ -335,7 +335,7 @@ fn check_body(body: &Value) -> Result<(), String> {
     if !body["model"].is_string() {
         return Err("model is required".into());
     }
-    if !body["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+    if body["messages"].as_array().is_none_or(|m| m.is_empty()) {
         return Err("messages are required".into());
     }
     if body["stream"] != true {
