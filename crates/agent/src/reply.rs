@@ -240,7 +240,8 @@ async fn fail(
     error: StageError,
     said_anything: bool,
 ) {
-    warn!(reply = job.id, error = %error, "LLM failed");
+    // Reported to the session as an event; whoever runs it decides how loud.
+    debug!(reply = job.id, error = %error, "LLM failed");
     if !said_anything && !job.error_message.is_empty() {
         // Tell the user rather than leave them in silence.
         if let Some(tx) = sentences {

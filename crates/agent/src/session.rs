@@ -844,6 +844,17 @@ impl Actor {
         }
         info!(reply = reply.id, interrupted, agent = %heard, "agent turn");
         reply.metrics.interrupted = interrupted;
+        let m = &reply.metrics;
+        let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+        info!(
+            reply = reply.id,
+            end_of_utterance_ms = ms(m.end_of_utterance_delay),
+            transcription_ms = ms(m.transcription_delay),
+            llm_ttft_ms = ms(m.llm_ttft),
+            tts_ttfb_ms = ms(m.tts_ttfb),
+            end_to_end_ms = ms(m.end_to_end),
+            "turn metrics"
+        );
         self.emit(SessionEvent::AgentSpoke {
             reply: reply.id,
             text: heard,

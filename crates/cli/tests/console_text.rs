@@ -1,0 +1,260 @@
+//! `voice-agent console --text` as a user runs it, against a local stand-in
+//! for the LiveKit Inference gateway that checks the request's JWT the way
+//! the gateway does (HS256 signature with the API secret, issuer, expiry,
+//! the inference grant) and answers with a streamed completion, or 401.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const KEY: &str = "devkey";
+const SECRET: &str = "the-real-secret-7f3a";
+
+/// What the stand-in saw of one request.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    provider: Option<String>,
+    body: serde_json::Value,
+}
+
+fn jwt_is_valid(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, payload, signature] = parts[..] else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("{header}.{payload}").as_bytes());
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    if mac.verify_slice(&sig).is_err() {
+        return false;
+    }
+    let Ok(claims) = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| ())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|_| ()))
+    else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    claims["iss"] == KEY
+        && claims["inference"]["perform"] == true
+        && claims["exp"].as_i64().is_some_and(|exp| exp > now)
+        && claims["nbf"].as_i64().is_some_and(|nbf| nbf <= now + 5)
+}
+
+/// Serves until the test ends; returns the base URL and the request log.
+async fn gateway() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let header = |name: &str| {
+                    head.lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                        .map(|l| l[name.len() + 1..].trim().to_string())
+                };
+                let len: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body: serde_json::Value =
+                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                log.lock().expect("log").push(Seen {
+                    path,
+                    provider: header("x-livekit-inference-provider"),
+                    body,
+                });
+                let token = header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+                    .unwrap_or_default();
+                let response = if jwt_is_valid(&token) {
+                    let mut r = String::from(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                    );
+                    for piece in ["Hello", " there!", " How can", " I help?"] {
+                        let event = serde_json::json!({
+                            "id": "c1", "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]
+                        });
+                        r.push_str(&format!("data: {event}\n\n"));
+                    }
+                    r.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18}}\n\n");
+                    r.push_str("data: [DONE]\n\n");
+                    r
+                } else {
+                    let body = r#"{"error":{"message":"invalid token signature"}}"#;
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = sock.write_all(response.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// Runs the binary with only the given environment, `stdin` piped in.
+fn voice_agent(args: &[&str], env: &[(&str, &str)], stdin: &str) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voice-agent"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn voice-agent");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("voice-agent exits")
+}
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_is_answered_through_the_gateway() {
+    let (url, seen) = gateway().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(
+        &dir,
+        "[llm]\nmodel = \"moonshotai/kimi-k2.6\"\nprovider = \"baseten\"\n[llm.extra_kwargs]\ntemperature = 0.2\n",
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        voice_agent(
+            &["--config", &cfg, "console", "--text"],
+            &[
+                ("LIVEKIT_INFERENCE_URL", &url),
+                ("LIVEKIT_API_KEY", KEY),
+                ("LIVEKIT_API_SECRET", SECRET),
+            ],
+            "hello\n",
+        )
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr: {stderr}",
+        out.status
+    );
+    assert_eq!(stdout, "Hello there! How can I help?\n");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!(req.path, "/v1/chat/completions");
+    assert_eq!(req.provider.as_deref(), Some("baseten"));
+    assert_eq!(req.body["model"], "moonshotai/kimi-k2.6");
+    assert_eq!(req.body["stream"], true);
+    assert_eq!(req.body["temperature"], 0.2);
+    assert!(
+        req.body.get("provider").is_none(),
+        "provider leaked into the body"
+    );
+    let messages = req.body["messages"].as_array().expect("messages");
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(messages.last().expect("user")["content"], "hello");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_secret_is_a_one_line_auth_error() {
+    let (url, seen) = gateway().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(&dir, "[llm]\nmodel = \"moonshotai/kimi-k2.6\"\n");
+    let wrong = "not-the-secret-0000";
+    let out = tokio::task::spawn_blocking(move || {
+        voice_agent(
+            &["--config", &cfg, "console", "--text"],
+            &[
+                ("LIVEKIT_INFERENCE_URL", &url),
+                ("LIVEKIT_API_KEY", KEY),
+                ("LIVEKIT_API_SECRET", wrong),
+            ],
+            "hello\nare you there?\n",
+        )
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.to_lowercase().contains("auth"), "{stderr}");
+    assert!(!stderr.contains(wrong), "the secret leaked: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Auth failures are not retried, and the console stops at the first.
+    assert_eq!(seen.lock().expect("log").len(), 1);
+}
+
+#[test]
+fn missing_credentials_name_the_variables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(&dir, "[llm]\nmodel = \"moonshotai/kimi-k2.6\"\n");
+    let out = voice_agent(&["--config", &cfg, "console", "--text"], &[], "hello\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("LIVEKIT_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn bad_config_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(&dir, "[turn]\nmin_endpointing_delay = \"soon\"\n");
+    let out = voice_agent(&["--config", &cfg, "console", "--text"], &[], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("min_endpointing_delay"), "{stderr}");
+    assert!(stderr.contains("agent.toml"), "{stderr}");
+}
