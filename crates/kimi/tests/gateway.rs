@@ -708,3 +708,95 @@ async fn livekit_inference_url_is_used_when_no_base_url_is_set() {
     assert_eq!(text_of(&items), "Hello! How can I help?");
     assert_eq!(gw.seen().len(), 1);
 }
+
+#[test]
+fn the_llm_section_parses_from_toml() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        llm: KimiConfig,
+    }
+    let text = r#"
+        [llm]
+        backend = "livekit"
+        model = "moonshotai/kimi-k2-instruct"
+        provider = "baseten"
+        idle_timeout_ms = 8000
+        extra_kwargs = { temperature = 0.6, max_completion_tokens = 512, parallel_tool_calls = false }
+
+        [[llm.fallback]]
+        model = "moonshotai/kimi-k2.6"
+
+        [[llm.fallback]]
+        backend = "openai-compatible"
+        model = "kimi-k2"
+        base_url = "http://127.0.0.1:8080/v1"
+        api_key_env = "LOCAL_LLM_KEY"
+    "#;
+    let file: File = toml::from_str(text).unwrap();
+    let c = file.llm;
+    assert_eq!(c.provider.as_deref(), Some("baseten"));
+    assert_eq!(c.idle_timeout_ms, 8000);
+    assert_eq!(
+        c.connect_timeout_ms,
+        KimiConfig::default().connect_timeout_ms
+    );
+    assert_eq!(
+        serde_json::Value::Object(c.extra_kwargs.clone()),
+        json!({"temperature": 0.6, "max_completion_tokens": 512, "parallel_tool_calls": false})
+    );
+    assert_eq!(c.fallback.len(), 2);
+    assert_eq!(c.fallback[1].backend, Backend::OpenaiCompatible);
+    assert_eq!(c.fallback[1].api_key_env.as_deref(), Some("LOCAL_LLM_KEY"));
+
+    let bad = toml::from_str::<File>("[llm]\nmodel = \"m\"\ntemprature = 1\n");
+    assert!(bad.is_err(), "unknown keys are refused");
+
+    // The fallback's key variable is resolved at construction: a clear error.
+    let err = KimiLlm::new(&c, &livekit_env).unwrap_err();
+    assert!(err.to_string().contains("LOCAL_LLM_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn a_connect_that_never_completes_is_a_connect_timeout() {
+    // A listener that never accepts, with its backlog filled: further SYNs
+    // are dropped, so a connect hangs until our timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let cfg = KimiConfig {
+        base_url: Some(format!("http://{addr}/v1")),
+        connect_timeout_ms: 150,
+        idle_timeout_ms: 5_000,
+        max_retries: 1,
+        retry_base_delay_ms: 5,
+        ..KimiConfig::default()
+    };
+    let llm = KimiLlm::new(&cfg, &livekit_env).unwrap();
+    let start = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), llm.stream(request()))
+        .await
+        .expect("hung")
+        .err()
+        .expect("must fail");
+    assert!(matches!(err, KimiError::ConnectTimeout(..)), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let stage: StageError = err.into();
+    assert_eq!(stage.kind, ErrorKind::Timeout);
+    drop(listener);
+}
