@@ -223,6 +223,11 @@ impl StreamTask {
     async fn on_input(&mut self, input: SttInput) -> bool {
         match input {
             SttInput::Audio(frame) => {
+                if frame.sample_rate == 0 || frame.channels == 0 {
+                    // Not audio we can place in time; the resampler cannot
+                    // take a zero rate.
+                    return true;
+                }
                 let frame = self.converter.convert(&frame);
                 self.buffer
                     .extend(frame.samples.iter().map(|&s| s as f32 / 32768.0));
