@@ -255,8 +255,7 @@ pub fn split_text_by_duration(text: &str, chunk_samples: &[usize]) -> Vec<String
             // The last word start at or before the target.
             cuts.iter()
                 .copied()
-                .filter(|&c| c <= target && c >= taken)
-                .next_back()
+                .rfind(|&c| c <= target && c >= taken)
                 .unwrap_or(taken)
         };
         out.push(text[taken..end].to_string());

@@ -177,10 +177,10 @@ mod tests {
         let mut out = Vec::new();
         for (i, &score) in scores.iter().enumerate() {
             let end = ms(10 * (i as u64 + 1));
-            if let Some(e) = s.push(score, end, ms(10)) {
-                if !matches!(e, VadEvent::SpeechProgress { .. }) {
-                    out.push((10 * (i as u64 + 1), e));
-                }
+            if let Some(e) = s.push(score, end, ms(10))
+                && !matches!(e, VadEvent::SpeechProgress { .. })
+            {
+                out.push((10 * (i as u64 + 1), e));
             }
         }
         out

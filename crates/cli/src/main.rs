@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! - `main.rs`: commands and logging.
-//! - [`config`]: `agent-config/agent.toml`.
-//! - [`stages`]: config → the engines a session runs on.
+//! - `config`: `agent-config/agent.toml`.
+//! - `stages`: config → the engines a session runs on.
 
 mod config;
 mod stages;
