@@ -2,7 +2,7 @@
 //! targets (primary, then fallbacks) and the request driver that connects,
 //! retries, falls back and streams decoded chunks.
 //!
-//! A request's life: [`Llm::chat`] builds a [`Driver`] and runs its connect
+//! A request's life: [`Llm::chat`] builds a `Driver` and runs its connect
 //! phase until a target answers 200 (or every target has failed: the first
 //! failure is returned). The stream then reads the body chunk by chunk, each
 //! read bounded by the idle timeout, feeding the [`Decoder`]. A failure before

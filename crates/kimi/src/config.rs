@@ -60,7 +60,11 @@ pub struct KimiConfig {
     pub model: String,
     /// LiveKit Inference's upstream provider for the model (e.g. `baseten`),
     /// as LiveKit documents it. Sent only as the `X-LiveKit-Inference-Provider`
-    /// header, never in the body; ignored by the other backends.
+    /// header, never in the body; ignored by the other backends. When the key
+    /// is absent from the section it is unset (the gateway chooses), even though
+    /// [`KimiConfig::default`] sets `baseten`: a provider belongs to a model, so
+    /// changing `model` must not silently keep the default's provider.
+    #[serde(default)]
     pub provider: Option<String>,
     /// Overrides the backend's base URL (the part before `/chat/completions`).
     /// For `livekit` it also wins over `LIVEKIT_INFERENCE_URL`; required for
@@ -167,9 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_section_is_the_default() {
+    fn empty_section_is_the_default_without_a_provider() {
         let c: KimiConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(c, KimiConfig::default());
+        assert_eq!(
+            c,
+            KimiConfig {
+                provider: None,
+                ..KimiConfig::default()
+            }
+        );
+        let c: KimiConfig = serde_json::from_str(r#"{"model":"openai/gpt-4.1-mini"}"#).unwrap();
+        assert_eq!(c.provider, None, "the default's provider is not inherited");
     }
 
     #[test]

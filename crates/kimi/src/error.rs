@@ -1,6 +1,6 @@
 //! The crate's one error type, [`KimiError`], and its mapping onto the
 //! session's [`StageError`]. No variant ever holds a key, secret or token:
-//! messages that come from a server are passed through [`Redactor`] first.
+//! messages that come from a server are passed through `Redactor` first.
 
 use std::fmt;
 use std::time::Duration;

@@ -24,7 +24,7 @@
 //! - [`config`]: the `[llm]` section ([`KimiConfig`]) and its defaults.
 //! - [`client`]: [`KimiLlm`], the HTTP client, targets, retries, fallbacks,
 //!   timeouts and the stream that delivers chunks.
-//! - [`auth`] (private): credentials from the environment; the LiveKit
+//! - `auth` (private): credentials from the environment; the LiveKit
 //!   Inference JWT.
 //! - [`request`]: the JSON body and endpoint URL.
 //! - [`sse`]: the sans-IO server-sent-events parser.
