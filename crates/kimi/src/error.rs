@@ -13,6 +13,7 @@ pub enum KimiError {
     /// Credentials are not set. Names the variables, never their values.
     #[error("missing credentials for the {backend} LLM backend: set {vars}")]
     MissingCredentials {
+        /// The backend that needs them.
         backend: &'static str,
         /// The environment variables to set, as a human-readable list.
         vars: String,
@@ -26,8 +27,11 @@ pub enum KimiError {
     /// HTTP 401/403: the key, secret or token was refused.
     #[error("authentication failed (HTTP {status}) at {target}: {message}")]
     Auth {
+        /// The HTTP status.
         status: u16,
+        /// `backend/model` of the target that refused.
         target: String,
+        /// The server's message, secrets removed.
         message: String,
     },
     /// HTTP 429. `quota` holds the provider's quota headers
@@ -37,41 +41,68 @@ pub enum KimiError {
         QuotaDisplay(quota)
     )]
     RateLimit {
+        /// `backend/model` of the target that throttled.
         target: String,
+        /// The server's message, secrets removed.
         message: String,
+        /// The wait `Retry-After` (or `retry-after-ms`) asked for.
         retry_after: Option<Duration>,
+        /// `X-LiveKit-Inference-*` response headers, lower-case name and value.
         quota: Vec<(String, String)>,
     },
     /// HTTP 400/404/422 and other 4xx: the request was refused as it stands.
     #[error("request rejected (HTTP {status}) at {target}: {message}")]
     BadRequest {
+        /// The HTTP status.
         status: u16,
+        /// `backend/model` of the target.
         target: String,
+        /// The server's message, secrets removed.
         message: String,
     },
     /// HTTP 5xx.
     #[error("server error (HTTP {status}) at {target}: {message}")]
     Server {
+        /// The HTTP status.
         status: u16,
+        /// `backend/model` of the target.
         target: String,
+        /// The server's message, secrets removed.
         message: String,
     },
-    /// Connecting took longer than `connect_timeout_ms`.
+    /// Connecting took longer than `connect_timeout_ms` (the limit, and the
+    /// target's `backend/model`).
     #[error("connect timeout after {0:?} at {1}")]
     ConnectTimeout(Duration, String),
-    /// No response head, or no body bytes, for `idle_timeout_ms`.
+    /// No response head, or no body bytes, for `idle_timeout_ms` (the limit,
+    /// and the target's `backend/model`).
     #[error("no data for {0:?} from {1}: the stream stalled")]
     IdleTimeout(Duration, String),
     /// The connection could not be opened.
     #[error("could not connect to {target}: {message}")]
-    Connect { target: String, message: String },
+    Connect {
+        /// `backend/model` of the target.
+        target: String,
+        /// What failed, secrets removed.
+        message: String,
+    },
     /// The connection broke after the request was sent (reset, cut mid-stream).
     #[error("connection lost with {target}: {message}")]
-    Connection { target: String, message: String },
+    Connection {
+        /// `backend/model` of the target.
+        target: String,
+        /// What failed, secrets removed.
+        message: String,
+    },
     /// The server answered something that is not a valid completion stream,
     /// or reported an error inside the stream.
     #[error("protocol error from {target}: {message}")]
-    Protocol { target: String, message: String },
+    Protocol {
+        /// `backend/model` of the target.
+        target: String,
+        /// What failed, secrets removed.
+        message: String,
+    },
 }
 
 struct QuotaDisplay<'a>(&'a [(String, String)]);
