@@ -76,6 +76,7 @@ async fn join(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let server = LiveKitServer::start().await?;
     let (reference, wav) =
         speech_fixture("The quick brown fox jumps over the lazy dog.", "in").await?;
@@ -140,6 +141,7 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn we_publish_speech_and_python_records_it() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let server = LiveKitServer::start().await?;
     let (reference, _) =
         speech_fixture("Hello, this is the agent speaking from Rust.", "out").await?;
@@ -205,6 +207,7 @@ async fn we_publish_speech_and_python_records_it() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_streams_both_ways_with_attributes_and_multibyte_text() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let server = LiveKitServer::start().await?;
     let (room, mut events) = join(&server, "agent", "room-text").await?;
     let text_in = "Grüße aus Zürich — 日本語のテキスト 🎙️ ".repeat(700);
@@ -279,6 +282,7 @@ async fn text_streams_both_ways_with_attributes_and_multibyte_text() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attributes_we_set_are_seen_by_python() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let server = LiveKitServer::start().await?;
     let (room, _events) = join(&server, "agent", "room-attrs").await?;
     let mut human = Human::spawn(
@@ -309,6 +313,7 @@ async fn attributes_we_set_are_seen_by_python() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let mut server = LiveKitServer::start().await?;
     let (room, mut events) = join(&server, "agent", "room-reconnect").await?;
     let track = room.publish_audio("agent-voice", 48_000).await?;
@@ -375,6 +380,7 @@ async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_is_refused_with_a_typed_error() -> R {
     let _g = SERIAL.lock().await;
+    init_logging();
     let server = LiveKitServer::start().await?;
     let err = rtc::connect(&server.url(), "not-a-token", options())
         .await
@@ -385,5 +391,63 @@ async fn bad_token_is_refused_with_a_typed_error() -> R {
         "{err:?}"
     );
     assert!(!err.to_string().contains("not-a-token"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_cut_is_resumed_without_leaving_the_room() -> R {
+    let _g = SERIAL.lock().await;
+    init_logging();
+    let server = LiveKitServer::start().await?;
+    let proxy = TcpProxy::start(server.port).await?;
+    let (room, mut events) =
+        rtc::connect(&proxy.url(), &token("agent", "room-resume")?, options()).await?;
+    let _track = room.publish_audio("agent-voice", 48_000).await?;
+    let (_other, mut other_events) = join(&server, "human", "room-resume").await?;
+    next_event(
+        &mut other_events,
+        Duration::from_secs(20),
+        |e| matches!(e, RoomEvent::TrackSubscribed(t) if t.participant_identity() == "agent"),
+    )
+    .await?;
+    proxy.sever();
+    next_event(&mut events, Duration::from_secs(20), |e| {
+        matches!(e, RoomEvent::Reconnecting)
+    })
+    .await?;
+    let ev = next_event(&mut events, Duration::from_secs(60), |e| {
+        matches!(
+            e,
+            RoomEvent::Reconnected { .. } | RoomEvent::Disconnected(_)
+        )
+    })
+    .await?;
+    assert!(
+        matches!(ev, RoomEvent::Reconnected { resumed: true }),
+        "{ev:?}"
+    );
+    // Still in the room as the same participant: data reaches the other side, which
+    // never saw us leave.
+    room.send_data(b"after resume".to_vec(), rtc::DataKind::Reliable, None, &[])
+        .await?;
+    let ev = next_event(&mut other_events, Duration::from_secs(20), |e| {
+        matches!(
+            e,
+            RoomEvent::DataReceived { .. } | RoomEvent::ParticipantLeft(_)
+        )
+    })
+    .await?;
+    assert!(
+        matches!(&ev, RoomEvent::DataReceived { payload, .. } if payload == b"after resume"),
+        "{ev:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), room.close()).await??;
+    // Our leave is seen.
+    next_event(
+        &mut other_events,
+        Duration::from_secs(20),
+        |e| matches!(e, RoomEvent::ParticipantLeft(p) if p.identity == "agent"),
+    )
+    .await?;
     Ok(())
 }

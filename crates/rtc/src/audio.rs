@@ -200,15 +200,14 @@ const QUEUE_FRAMES: usize = 5;
 /// [`LocalAudioTrack`] clone is dropped or `stop` fires; its owner (the engine) keeps
 /// the handle and aborts it on close.
 pub(crate) fn spawn_local_track(
+    complexity: i32,
     sid: String,
     name: String,
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, JoinHandle<()>), RtcError> {
     check_rate(sample_rate)?;
-    let mut encoder =
-        opus::Encoder::new(sample_rate, opus::Channels::Mono, opus::Application::Voip)?;
-    encoder.set_inband_fec(true)?;
+    let encoder = crate::opus_enc::Encoder::new(sample_rate, complexity)?;
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let track = LocalAudioTrack {
         tx,
@@ -243,7 +242,7 @@ struct Pacer {
     buf: VecDeque<i16>,
     buf_generation: u64,
     frame_len: usize,
-    encoder: opus::Encoder,
+    encoder: crate::opus_enc::Encoder,
     sink: watch::Receiver<Option<RtpSink>>,
 }
 
@@ -537,7 +536,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pacer_sends_every_20ms_and_clears_at_once() {
         let (_sink_tx, sink_rx) = watch::channel(None);
-        let (track, task) = spawn_local_track("TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
+        let (track, task) =
+            spawn_local_track(5, "TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
         // 200 ms of audio, in 10 ms frames; the queue holds only 5 frames so this paces.
         let producer = {
             let track = track.clone();

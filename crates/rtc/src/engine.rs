@@ -36,7 +36,8 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, configure_nack,
+    configure_rtcp_reports,
 };
 use webrtc_core::data_channel::RTCDataChannelInit;
 use webrtc_core::media_stream::MediaStreamTrack;
@@ -466,7 +467,9 @@ impl Engine {
             },
             RtpCodecKind::Audio,
         )?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        // NACK and RTCP sender/receiver reports only: TWCC and simulcast header
+        // extensions serve video bandwidth estimation and cost CPU per packet.
+        let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media));
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers.to_vec())
             .build();
@@ -540,6 +543,7 @@ impl Engine {
                 Step::Internal(Some(ev)) => self.handle_internal(ev).await,
                 Step::Ping => {
                     self.expire_pending_publishes();
+                    self.flush_pending_data().await;
                     let Some(s) = self.session.as_mut() else {
                         return;
                     };
@@ -754,26 +758,35 @@ impl Engine {
         }
         packet.participant_sid = self.local.sid.clone();
         let bytes = packet.encode_to_vec();
-        let s = self.session.as_ref().ok_or(RtcError::Closed)?;
-        let (dc, open) = match kind {
-            DataKind::Reliable => (&s.reliable, s.reliable_open),
-            DataKind::Lossy => (&s.lossy, s.lossy_open),
+        let s = self.session.as_mut().ok_or(RtcError::Closed)?;
+        let open = match kind {
+            DataKind::Reliable => s.reliable_open,
+            DataKind::Lossy => s.lossy_open,
         };
-        if !open || !self.pending_data.is_empty() {
-            if self.pending_data.len() >= MAX_PENDING_DATA {
-                return Err(RtcError::InvalidArgument(
-                    "too much data queued before the channel opened".into(),
-                ));
+        if open && self.pending_data.is_empty() {
+            let dc = match kind {
+                DataKind::Reliable => &s.reliable,
+                DataKind::Lossy => &s.lossy,
+            };
+            match dc.send(BytesMut::from(&bytes[..])).await {
+                Ok(()) => return Ok(()),
+                // Reported open but not sendable (yet or any more): hold the packet and
+                // retry from the timer.
+                Err(e) => tracing::debug!(error = %e, "data channel not sendable; packet queued"),
             }
-            self.pending_data.push_back((kind, bytes));
-            return Ok(());
         }
-        dc.send(BytesMut::from(&bytes[..])).await?;
+        if self.pending_data.len() >= MAX_PENDING_DATA {
+            return Err(RtcError::InvalidArgument(
+                "too much data queued while the data channel is not open".into(),
+            ));
+        }
+        self.pending_data.push_back((kind, bytes));
         Ok(())
     }
 
+    /// Send held packets in order while their channel takes them.
     async fn flush_pending_data(&mut self) {
-        while let Some((kind, _)) = self.pending_data.front() {
+        while let Some((kind, bytes)) = self.pending_data.pop_front() {
             let Some(s) = self.session.as_ref() else {
                 return;
             };
@@ -782,14 +795,13 @@ impl Engine {
                 DataKind::Lossy => (&s.lossy, s.lossy_open),
             };
             if !open {
+                self.pending_data.push_front((kind, bytes));
                 return;
             }
-            let dc = dc.clone();
-            let Some((_, bytes)) = self.pending_data.pop_front() else {
-                return;
-            };
             if let Err(e) = dc.send(BytesMut::from(&bytes[..])).await {
-                tracing::warn!(error = %e, "queued data packet lost");
+                tracing::debug!(error = %e, "data channel not sendable yet");
+                self.pending_data.push_front((kind, bytes));
+                return;
             }
         }
     }
@@ -939,6 +951,7 @@ impl Engine {
             (Ok(sink), Some(reply)) => {
                 let (sink_tx, sink_rx) = watch::channel(Some(sink));
                 match audio::spawn_local_track(
+                    self.options.opus_complexity,
                     info.sid.clone(),
                     pending.name.clone(),
                     pending.sample_rate,
@@ -1419,6 +1432,9 @@ impl Engine {
         }
         self.pending_data.clear();
         self.join(true).await?;
+        // Tracks whose handles were all dropped (pacer finished) are not republished.
+        self.published
+            .retain(|p| p.pacer.as_ref().is_some_and(|t| !t.is_finished()));
         let republish: Vec<(String, String)> = self
             .published
             .iter()

@@ -1,6 +1,121 @@
 //! # rtc — a LiveKit room participant in pure Rust
 //!
-//! (Full documentation below is filled in as the crate settles.)
+//! Joins a LiveKit room the way LiveKit's own SDKs do, built only from crates that
+//! build from the Rust package registry: the official `livekit` crate cannot be used
+//! here because its `webrtc-sys` build script downloads a prebuilt libwebrtc.
+//!
+//! - signalling: our own WebSocket client (`tokio-tungstenite`, rustls) carrying the
+//!   protobuf messages of `livekit-protocol`;
+//! - media: `webrtc` 0.21.1 (webrtc-rs) and its Sans-I/O core `rtc`, pinned exactly;
+//! - Opus: libopus (Debian `libopus-dev`) through the `opus` crate (see "Opus" below).
+//!
+//! ## Using it
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rtc::RtcError> {
+//! use rtc::{AudioFrame, ConnectOptions, RoomEvent};
+//! let (room, mut events) = rtc::connect("wss://example.livekit.cloud", "<token>", ConnectOptions::default()).await?;
+//! let speaker = room.publish_audio("agent", 24_000).await?;          // PCM in, Opus out
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         RoomEvent::TrackSubscribed(track) => {
+//!             let mut pcm = track.into_stream(16_000)?;                  // Opus in, PCM out
+//!             while let Some(frame) = pcm.recv().await { let _ = frame; }
+//!         }
+//!         RoomEvent::Disconnected(_) => break,
+//!         _ => {}
+//!     }
+//! }
+//! speaker.capture_frame(AudioFrame { data: vec![0; 480], sample_rate: 24_000 }).await?;
+//! speaker.clear_queue();                                                   // interruption
+//! room.set_attributes([("lk.agent.state".to_owned(), "listening".to_owned())].into()).await?;
+//! room.send_text("lk.transcription", "hello", Default::default(), &[]).await?;
+//! room.close().await?;                                                     // LeaveRequest
+//! # Ok(()) }
+//! ```
+//!
+//! ## Connection sequence
+//!
+//! 1. WebSocket to `ws(s)://HOST/rtc?sdk=rust&version=…&protocol=16&client_protocol=1&
+//!    auto_subscribe=1&adaptive_stream=0`, token in `Authorization: Bearer` (never in
+//!    the URL). Binary protobuf `SignalRequest` out, `SignalResponse` in.
+//! 2. Wait for `JoinResponse`: our participant, the others (reported as
+//!    `ParticipantJoined`), ICE servers, `ping_interval`/`ping_timeout`.
+//! 3. Two peer connections with the given ICE servers. The **publisher** creates
+//!    data channels `_reliable` (ordered) and `_lossy` (unordered, `max_retransmits`
+//!    0) and always offers (`SignalRequest::Offer` → `SignalResponse::Answer`). The
+//!    **subscriber** answers the server's offers. Local candidates are trickled as
+//!    `TrickleRequest{candidate_init JSON, target}`; remote candidates that arrive
+//!    before the remote description are queued and applied after it.
+//! 4. [`connect`] returns once the publisher's `_reliable` channel is open (ICE,
+//!    DTLS and SCTP all up), bounded by `ConnectOptions::connect_timeout`.
+//! 5. Publishing audio: `AddTrackRequest{cid, type AUDIO, source MICROPHONE,
+//!    disable_red}` → `TrackPublishedResponse` → a send Opus track whose track id is
+//!    the cid → a new publisher offer → answer. Opus at 48 kHz, 20 ms frames, paced
+//!    in real time.
+//! 6. Subscribing: the server's offer brings tracks whose stream id is
+//!    `PA_…|TR_…` ([`parse_msid`]); audio tracks are reported as
+//!    [`RoomEvent::TrackSubscribed`] and decoded on demand.
+//! 7. Data: one `DataPacket` per message; reliable ones carry a sequence number.
+//!    Text streams are `StreamHeader` → `StreamChunk`s (≤ 15000 bytes, cut on UTF-8
+//!    boundaries) → `StreamTrailer` on the reliable channel; received ones are
+//!    reassembled ([`data::StreamAssembler`]) and reported whole. We advertise
+//!    `client_protocol=1` (v1 stream format, no inline or compressed streams).
+//! 8. Attributes: `UpdateParticipantMetadata{attributes}` (the token needs
+//!    `canUpdateOwnMetadata`); changes of others' attributes are reported.
+//! 9. `PingReq` every `ping_interval`; no message at all for `ping_timeout` means
+//!    the signal is lost. Leaving sends `LeaveRequest{reason CLIENT_INITIATED,
+//!    action DISCONNECT}`.
+//!
+//! ## Reconnecting
+//!
+//! On signal loss (socket closed, ping timeout), a failed peer connection, or a
+//! server `LeaveRequest` asking to resume/reconnect, the room reports
+//! [`RoomEvent::Reconnecting`] and follows [`ReconnectPolicy`]: first **resume**
+//! attempts (`reconnect=1&sid=…` → `ReconnectResponse`, `SyncState` with our
+//! subscriber answer, publications and subscriptions, then a publisher offer with
+//! ICE restart; subscriptions and publications survive), then **full rejoins**
+//! (fresh join, new peer connections, every published track republished on the
+//! same `LocalAudioTrack` handle; remote tracks arrive again as `TrackSubscribed`).
+//! Success is `Reconnected { resumed }`; giving up is
+//! `Disconnected(ReconnectFailed)`. Every wait is bounded; nothing panics.
+//!
+//! ## Known limits
+//!
+//! - webrtc-rs 0.21 has **no TURN over TCP or TLS**: UDP TURN, STUN, and ICE-TCP to
+//!   passive candidates work. Networks that only allow TURN/TLS on 443 cannot carry
+//!   media.
+//! - Audio only (no video); mono; sample rates are Opus's native ones (8, 12, 16, 24,
+//!   48 kHz) so that no resampler sits in the path.
+//! - No end-to-end encryption, no data tracks, no RPC helpers, no v2 (inline or
+//!   compressed) data streams.
+//! - After a full rejoin, [`LocalAudioTrack::sid`] still shows the first sid.
+//! - Reliable data is not retransmitted across a reconnect (LiveKit's clients buffer
+//!   and replay it; we drop what was in flight).
+//!
+//! ## Opus
+//!
+//! libopus (the reference implementation; Debian's `libopus-dev`, linked dynamically
+//! through pkg-config by `audiopus_sys`; nothing is downloaded) rather than the
+//! pure-Rust `opus-rs`: it is what every LiveKit client uses, so interoperability is
+//! not in question, and it is fast — the measured cost of a whole bidirectional
+//! stream (encode, decode, SRTP, pacing) is in the crate's benchmark
+//! (`tests/benches/rtc_streams.rs`) and the project README. Encoding and decoding
+//! run inline in the per-track tasks: one 20 ms frame takes tens of microseconds,
+//! so per-stream work on the runtime stays small and bounded.
+//!
+//! ## Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | `room.rs` | the public API: [`connect`], [`Room`], [`RoomEvent`], [`ConnectOptions`] |
+//! | `engine.rs` | the engine task: signal loop, peer connections, negotiation, participants, reconnect |
+//! | `signal.rs` | signal URL building and the WebSocket framing |
+//! | `audio.rs` | PCM frames, Opus, the real-time pacer, the decoder task |
+//! | `data.rs` | data packets, text-stream chunking and reassembly (pure) |
+//! | `backoff.rs` | the reconnect schedule (pure) |
+//! | `msid.rs` | mapping a media stream to participant and track (pure) |
+//! | `error.rs` | [`RtcError`] |
 
 mod audio;
 mod backoff;
@@ -8,6 +123,7 @@ pub mod data;
 mod engine;
 mod error;
 mod msid;
+mod opus_enc;
 mod room;
 pub mod signal;
 

@@ -29,6 +29,9 @@ pub struct ConnectOptions {
     pub reconnect: ReconnectPolicy,
     /// Capacity of the event channel. The engine waits when it is full, so keep reading.
     pub event_capacity: usize,
+    /// Opus encoder complexity of published tracks, 0–10 (libopus default 10). The
+    /// encoder dominates a stream's CPU; see `tests/benches/rtc_streams.rs`.
+    pub opus_complexity: i32,
 }
 
 impl Default for ConnectOptions {
@@ -39,6 +42,7 @@ impl Default for ConnectOptions {
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             reconnect: ReconnectPolicy::default(),
             event_capacity: 256,
+            opus_complexity: crate::opus_enc::DEFAULT_COMPLEXITY,
         }
     }
 }
