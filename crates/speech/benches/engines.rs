@@ -45,12 +45,16 @@ fn run() -> Res<()> {
         "fixture: {:.1} s of espeak-ng speech at 16 kHz\n",
         speech.len() as f32 / 16_000.0
     );
-    println!("{:<34} {:>10} {:>14}", "engine", "RTF", "first result");
+    println!(
+        "{:<22} {:>10} {:>10} {:>14}",
+        "engine", "RTF", "CPU RTF", "first result"
+    );
 
     // ------------------------------------------------------------ VAD
     let factory = SileroVadFactory::new(&cache)?;
     let pcm: Arc<[i16]> = speech.iter().map(|&v| (v * 32767.0) as i16).collect();
     for sessions in [1, 4] {
+        let cpu0 = cpu_time();
         let mut handles = Vec::new();
         for _ in 0..sessions {
             let mut vad = factory.create()?;
@@ -67,7 +71,14 @@ fn run() -> Res<()> {
         }
         let audio = Duration::from_secs_f32(pcm.len() as f32 / 16_000.0);
         let results: Vec<_> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
-        report(&format!("silero vad x{sessions}"), &results, audio);
+        let cpu = cpu_time().saturating_sub(cpu0);
+        report(
+            &format!("silero vad x{sessions}"),
+            &results,
+            audio,
+            cpu,
+            sessions,
+        );
     }
 
     // ------------------------------------------------------------ Smart Turn
@@ -76,6 +87,7 @@ fn run() -> Res<()> {
     rt.block_on(turn.predict(window.clone()))?; // warm up
     for sessions in [1, 4] {
         let per_session = 5;
+        let cpu0 = cpu_time();
         let times = rt.block_on(async {
             let mut tasks = Vec::new();
             for _ in 0..sessions {
@@ -97,18 +109,34 @@ fn run() -> Res<()> {
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(all)
         })?;
+        let cpu = cpu_time().saturating_sub(cpu0);
         let mut sorted = times.clone();
         sorted.sort();
         let median = sorted[sorted.len() / 2];
         let max = sorted[sorted.len() - 1];
         println!(
-            "{:<34} {:>10} {:>14}   (max {:.0} ms per decision)",
+            "{:<22} {:>10} {:>10} {:>14}   (max {:.0} ms; CPU {:.0} ms per decision)",
             format!("smart turn x{sessions}"),
             "-",
+            "-",
             format!("{:.0} ms", median.as_secs_f64() * 1e3),
-            max.as_secs_f64() * 1e3
+            max.as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e3 / times.len() as f64
         );
     }
+
+    let mel = speech::smart_turn::LogMel::new();
+    let t = Instant::now();
+    for _ in 0..5 {
+        std::hint::black_box(mel.features(&window));
+    }
+    println!(
+        "{:<22} {:>10} {:>10} {:>14}   (log-mel features alone)",
+        "smart turn features",
+        "-",
+        "-",
+        format!("{:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 5.0)
+    );
 
     // ------------------------------------------------------------ TTS
     let piper = PiperTts::new(&cache)?;
@@ -119,16 +147,21 @@ fn run() -> Res<()> {
     ] {
         rt.block_on(tts_run(tts.clone(), 1))?; // warm up
         for sessions in [1, 4] {
+            let cpu0 = cpu_time();
             let results = rt.block_on(tts_run(tts.clone(), sessions))?;
+            let cpu = cpu_time().saturating_sub(cpu0);
             let audio = results.iter().map(|r| r.2).max().unwrap_or_default();
             let pairs: Vec<_> = results.iter().map(|r| (r.0, r.1)).collect();
-            report(&format!("{name} tts x{sessions}"), &pairs, audio);
+            report(&format!("{name} x{sessions}"), &pairs, audio, cpu, sessions);
         }
     }
     println!(
-        "\nRTF = processing time / audio time per session (for TTS: time until the \
-         last frame / audio length, with the reader taking frames as fast as they come).\n\
-         first result = first VAD score / Smart Turn median decision / first TTS frame."
+        "\nRTF = wall time / audio time, worst session (for TTS: until the last frame, \
+         the reader taking frames as fast as they come).\n\
+         CPU RTF = process CPU time / audio time / sessions: the figure on an idle \
+         machine, whatever else is running.\n\
+         first result = first VAD score / Smart Turn median decision / first TTS frame \
+         (worst session)."
     );
     Ok(())
 }
@@ -162,15 +195,39 @@ async fn tts_run(tts: Arc<dyn Tts>, sessions: usize) -> Res<Vec<(Duration, Durat
     Ok(out)
 }
 
-fn report(name: &str, results: &[(Duration, Duration)], audio: Duration) {
+fn report(
+    name: &str,
+    results: &[(Duration, Duration)],
+    audio: Duration,
+    cpu: Duration,
+    sessions: usize,
+) {
     let worst = results.iter().map(|r| r.0).max().unwrap_or_default();
     let first = results.iter().map(|r| r.1).max().unwrap_or_default();
+    let audio = audio.as_secs_f64().max(1e-9);
     println!(
-        "{:<34} {:>10.4} {:>14}",
+        "{:<22} {:>10.4} {:>10.4} {:>14}",
         name,
-        worst.as_secs_f64() / audio.as_secs_f64().max(1e-9),
+        worst.as_secs_f64() / audio,
+        cpu.as_secs_f64() / audio / sessions as f64,
         format!("{:.1} ms", first.as_secs_f64() * 1e3)
     );
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat`
+/// (Linux clock ticks of 10 ms); zero where unavailable.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which is in parentheses).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// ~10 s of espeak-ng speech, resampled to 16 kHz.

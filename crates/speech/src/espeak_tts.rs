@@ -56,7 +56,7 @@ impl Synthesizer for Inner {
         self.espeak.sample_rate()
     }
 
-    fn pieces(&self, text: &str) -> Vec<String> {
+    fn pieces(&self, text: &str, _first: bool) -> Vec<String> {
         tts_stream::split_pieces(text, MAX_PIECE_CHARS)
     }
 

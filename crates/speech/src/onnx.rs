@@ -109,13 +109,39 @@ impl SessionPool {
         max: usize,
     ) -> Result<Arc<Self>, SpeechError> {
         let first = load_session(&env, engine, &model)?;
-        Ok(Arc::new(Self {
+        let max = max.max(1);
+        let pool = Arc::new(Self {
             engine,
             env,
             model,
             idle: Mutex::new(vec![first]),
-            permits: Arc::new(Semaphore::new(max.max(1))),
-        }))
+            permits: Arc::new(Semaphore::new(max)),
+        });
+        if max > 1 {
+            // Load the other sessions in the background, so the first time
+            // two sessions are busy at once nobody waits for a model load
+            // (seconds for Piper). The thread ends when they are loaded, or
+            // at once if the pool is gone.
+            let weak = Arc::downgrade(&pool);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{engine}-preload"))
+                .spawn(move || {
+                    for _ in 1..max {
+                        let Some(pool) = weak.upgrade() else { return };
+                        match load_session(&pool.env, pool.engine, &pool.model) {
+                            Ok(s) => lock(&pool.idle).push(s),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "preloading a session failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the session preload thread");
+            }
+        }
+        Ok(pool)
     }
 
     /// Waits for a free slot (async: never blocks the runtime). Loading a new

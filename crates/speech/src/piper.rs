@@ -32,6 +32,10 @@ use crate::tts_stream::{self, Cancel, Synthesizer};
 const ENGINE: &str = "piper";
 /// Sentences longer than this are cut at clause punctuation.
 const MAX_PIECE_CHARS: usize = 60;
+/// The first piece of a reply is at most this long (a few words, ~1 s of
+/// audio), cut at a clause mark or word break: its inference is the reply's
+/// time to first audio.
+const FIRST_PIECE_CHARS: usize = 20;
 
 /// The parts of a voice's `.onnx.json` we read.
 #[derive(Clone, Debug, Deserialize)]
@@ -209,10 +213,16 @@ impl Piper {
             }
             Ok::<(), SpeechError>(())
         };
-        for c in text.chars() {
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            // Punctuation ends a clause only before a space or the end, so
+            // "3.50" and "7:15" reach espeak whole.
+            let at_break = chars.peek().is_none_or(|n| n.is_whitespace());
             match c {
-                '.' | ',' | ';' | ':' | '!' | '?' => flush(&mut clause, Some(c), &mut out)?,
-                '…' => flush(&mut clause, Some('.'), &mut out)?,
+                '.' | ',' | ';' | ':' | '!' | '?' if at_break => {
+                    flush(&mut clause, Some(c), &mut out)?
+                }
+                '…' if at_break => flush(&mut clause, Some('.'), &mut out)?,
                 '—' | '–' => flush(&mut clause, Some(','), &mut out)?,
                 _ => clause.push(c),
             }
@@ -267,8 +277,13 @@ impl Synthesizer for Piper {
         self.config.audio.sample_rate
     }
 
-    fn pieces(&self, text: &str) -> Vec<String> {
-        tts_stream::split_pieces(text, MAX_PIECE_CHARS)
+    fn pieces(&self, text: &str, first: bool) -> Vec<String> {
+        let pieces = tts_stream::split_pieces(text, MAX_PIECE_CHARS);
+        if first {
+            tts_stream::shorten_first(pieces, FIRST_PIECE_CHARS)
+        } else {
+            pieces
+        }
     }
 
     fn synthesize(
@@ -300,5 +315,51 @@ impl Tts for PiperTts {
 
     async fn stream(&self, _job: &JobContext) -> Result<TtsStream, StageError> {
         Ok(tts_stream::open(self.inner.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Terminating the run options stops an inference part way: a long
+    /// sentence cancelled 20 ms in returns well before its normal time.
+    /// (Needs the model cache, like the integration tests.)
+    #[test]
+    fn cancel_terminates_a_running_inference() {
+        let cache = ModelCache::new(ModelCache::default_root());
+        let tts = PiperTts::new(&cache).unwrap_or_else(|e| panic!("{e}"));
+        let text = "This is a rather long sentence, made only to keep the voice busy \
+                    for a good while, so that cancelling it part way can be seen.";
+        let ids = tts.phoneme_ids(text).expect("ids");
+        let piper = &tts.inner;
+
+        let mut slot = piper.pool.acquire_blocking().expect("slot");
+        let t = Instant::now();
+        let full = piper
+            .infer(&mut slot, ids.clone(), &Cancel::default())
+            .expect("infer");
+        let normal = t.elapsed();
+        assert!(!full.is_empty());
+
+        let cancel = Arc::new(Cancel::default());
+        let c = cancel.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            c.cancel();
+        });
+        let t = Instant::now();
+        let cut = piper
+            .infer(&mut slot, ids, &cancel)
+            .expect("cancelled run is not an error");
+        let cancelled = t.elapsed();
+        let _ = canceller.join();
+        assert!(cut.is_empty(), "a cancelled run gives no audio");
+        assert!(
+            cancelled < normal / 2,
+            "cancelled run took {cancelled:?}, a full one {normal:?}"
+        );
     }
 }

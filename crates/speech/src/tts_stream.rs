@@ -79,8 +79,10 @@ pub(crate) trait Synthesizer: Send + Sync + 'static {
     /// Output rate, mono.
     fn sample_rate(&self) -> u32;
     /// Splits a segment into pieces synthesised one by one. The pieces must
-    /// concatenate back to `text` exactly.
-    fn pieces(&self, text: &str) -> Vec<String>;
+    /// concatenate back to `text` exactly. `first` is set for the stream's
+    /// first segment, whose first piece decides the reply's time to first
+    /// audio.
+    fn pieces(&self, text: &str, first: bool) -> Vec<String>;
     /// The audio of one piece; must not block the async runtime, and should
     /// stop soon after `cancel` fires.
     fn synthesize(
@@ -111,6 +113,7 @@ async fn synth_task<S: Synthesizer>(
     pieces: mpsc::Sender<Piece>,
     cancel: Arc<Cancel>,
 ) {
+    let mut first = true;
     loop {
         let segment = tokio::select! {
             s = input.recv() => s,
@@ -119,7 +122,9 @@ async fn synth_task<S: Synthesizer>(
         let Some(TtsInput::Segment(text)) = segment else {
             break;
         };
-        for piece in synth.pieces(&text) {
+        let parts = synth.pieces(&text, first);
+        first = false;
+        for piece in parts {
             if piece.trim().is_empty() {
                 // Nothing to say, but the text still counts as played.
                 if pieces.send(Ok((piece, Vec::new()))).await.is_err() {
@@ -213,7 +218,7 @@ pub(crate) fn split_pieces(text: &str, max_chars: usize) -> Vec<String> {
         }
         // Merge clauses back up to `max_chars` so pieces are not too short.
         let mut acc = String::new();
-        for clause in split_after(&sentence, &[',', ';', ':', '—', '–']) {
+        for clause in split_after(&sentence, CLAUSE_MARKS) {
             if !acc.is_empty() && acc.chars().count() + clause.chars().count() > max_chars {
                 out.push(std::mem::take(&mut acc));
             }
@@ -228,6 +233,44 @@ pub(crate) fn split_pieces(text: &str, max_chars: usize) -> Vec<String> {
     }
     out
 }
+
+/// Cuts the first piece down to at most `max_chars`: at its first clause
+/// mark if that is short enough, else at the last word break within the
+/// limit. Used for the first piece of a reply, so its first audio waits for
+/// the inference of a few words only.
+pub(crate) fn shorten_first(mut pieces: Vec<String>, max_chars: usize) -> Vec<String> {
+    let Some(first) = pieces.first() else {
+        return pieces;
+    };
+    if first.chars().count() <= max_chars {
+        return pieces;
+    }
+    let clauses = split_after(first, CLAUSE_MARKS);
+    let head_len = match clauses.first() {
+        Some(c) if clauses.len() > 1 && c.chars().count() <= max_chars => c.len(),
+        _ => {
+            let limit = first
+                .char_indices()
+                .nth(max_chars)
+                .map_or(first.len(), |(i, _)| i);
+            match first[..limit]
+                .char_indices()
+                .rev()
+                .find(|(_, c)| c.is_whitespace())
+            {
+                Some((i, c)) if first[..i].trim().contains(' ') => i + c.len_utf8(),
+                // One long word, or no break: leave it whole.
+                _ => return pieces,
+            }
+        }
+    };
+    let (head, rest) = first.split_at(head_len);
+    let (head, rest) = (head.to_string(), rest.to_string());
+    pieces.splice(0..1, [head, rest].into_iter().filter(|p| !p.is_empty()));
+    pieces
+}
+
+const CLAUSE_MARKS: &[char] = &[',', ';', ':', '—', '–'];
 
 /// Splits after any of `marks` when whitespace follows, keeping the
 /// whitespace with the left part.
@@ -272,7 +315,105 @@ fn split_after(text: &str, marks: &[char]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use futures::FutureExt;
+
     use super::*;
+
+    /// Makes 1 s of a tone per piece, taking 200 ms of "work" in 5 ms steps
+    /// that watch the cancel flag; records how long the last work ran after
+    /// cancel fired.
+    struct Slow {
+        after_cancel: std::sync::Mutex<Option<Duration>>,
+    }
+
+    impl Synthesizer for Slow {
+        fn sample_rate(&self) -> u32 {
+            16_000
+        }
+
+        fn pieces(&self, text: &str, _first: bool) -> Vec<String> {
+            split_pieces(text, 20)
+        }
+
+        fn synthesize(
+            self: Arc<Self>,
+            _text: String,
+            cancel: Arc<Cancel>,
+        ) -> BoxFuture<'static, Result<Vec<i16>, SpeechError>> {
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut cancelled_at = None;
+                    for _ in 0..40 {
+                        if cancel.is_cancelled() {
+                            cancelled_at.get_or_insert_with(Instant::now);
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if let Some(at) = cancelled_at {
+                        *self.after_cancel.lock().unwrap() = Some(at.elapsed());
+                    }
+                    Ok(vec![1000i16; 16_000])
+                })
+                .await
+                .map_err(|e| SpeechError::Config(e.to_string()))?
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_output_cancels_the_running_synthesis() {
+        let synth = Arc::new(Slow {
+            after_cancel: std::sync::Mutex::new(None),
+        });
+        let mut s = open(synth.clone());
+        for _ in 0..3 {
+            s.input
+                .send(TtsInput::Segment("One two three. Four five six. ".into()))
+                .await
+                .unwrap();
+        }
+        let first = s.output.recv().await.unwrap().unwrap();
+        assert_eq!(first.frame.samples.len(), 1600);
+        let input = s.input;
+        drop(s.output);
+        tokio::time::timeout(Duration::from_millis(100), input.closed())
+            .await
+            .expect("tasks end at once");
+        // The piece being synthesised saw the flag within one 5 ms step.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = *synth.after_cancel.lock().unwrap();
+        assert!(
+            seen.is_some_and(|d| d < Duration::from_millis(20)),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_input_finishes_queued_segments_then_closes() {
+        let synth = Arc::new(Slow {
+            after_cancel: std::sync::Mutex::new(None),
+        });
+        let mut s = open(synth);
+        let segments = ["Alpha beta. ", "Gamma delta epsilon zeta eta. ", "Theta."];
+        for seg in segments {
+            s.input.send(TtsInput::Segment(seg.into())).await.unwrap();
+        }
+        drop(s.input);
+        let mut text = String::new();
+        let mut samples = 0;
+        while let Some(a) = s.output.recv().await {
+            let a = a.unwrap();
+            text.push_str(&a.text);
+            samples += a.frame.samples.len();
+        }
+        assert_eq!(text, segments.concat());
+        // One second per piece; the long sentence has no clause mark to cut at.
+        assert_eq!(samples, 3 * 16_000);
+    }
 
     #[test]
     fn pieces_cover_the_text() {
@@ -283,6 +424,18 @@ mod tests {
         assert_eq!(p[0], "Hello there. ");
         assert!(p.len() >= 4, "{p:?}");
         assert_eq!(p.last().map(String::as_str), Some("Good!"));
+    }
+
+    #[test]
+    fn first_piece_is_cut_short() {
+        let p = shorten_first(split_pieces("Sure, I can help you with that. Bye.", 60), 20);
+        assert_eq!(p, vec!["Sure, ", "I can help you with that. ", "Bye."]);
+        let p = shorten_first(split_pieces("The next train leaves at seven.", 60), 20);
+        assert_eq!(p, vec!["The next train ", "leaves at seven."]);
+        let p = shorten_first(vec!["Okay.".into()], 20);
+        assert_eq!(p, vec!["Okay."]);
+        let p = shorten_first(vec!["Supercalifragilisticexpialidocious".into()], 20);
+        assert_eq!(p.len(), 1);
     }
 
     #[test]
