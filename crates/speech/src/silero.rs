@@ -30,9 +30,13 @@ const ENGINE: &str = "silero-vad";
 /// One session's Silero VAD: its own ONNX session and recurrent state.
 pub struct SileroVad {
     session: Session,
-    state: Vec<f32>,
-    /// Model input: `CONTEXT` samples of the previous frame, then this frame.
-    input: Vec<f32>,
+    /// The recurrent state `[2,1,128]`, fed back after every frame.
+    state: Tensor<f32>,
+    /// Model input `[1,576]`: `CONTEXT` samples of the previous frame, then
+    /// this frame. The tensors are made once and refilled in place: no
+    /// allocation per frame.
+    input: Tensor<f32>,
+    sample_rate: Tensor<i64>,
     /// Set when an inference failed; logged once, then scores are 0.
     failed: bool,
 }
@@ -47,10 +51,13 @@ impl SileroVad {
 
     fn from_parts(env: &Environment, model: &[u8]) -> Result<Self, SpeechError> {
         let session = onnx::load_session(env, ENGINE, model)?;
+        let err = |e| onnx::ort_error(ENGINE, e);
         Ok(Self {
             session,
-            state: vec![0.0; STATE],
-            input: vec![0.0; CONTEXT + FRAME],
+            state: Tensor::from_array(([2usize, 1, 128], vec![0f32; STATE])).map_err(err)?,
+            input: Tensor::from_array(([1usize, CONTEXT + FRAME], vec![0f32; CONTEXT + FRAME]))
+                .map_err(err)?,
+            sample_rate: Tensor::from_array(((), vec![SAMPLE_RATE as i64])).map_err(err)?,
             failed: false,
         })
     }
@@ -59,30 +66,29 @@ impl SileroVad {
     /// with silence, longer ones cut).
     pub fn predict(&mut self, frame: &[i16]) -> Result<f32, SpeechError> {
         // Shift the last CONTEXT samples of the previous frame to the front.
-        self.input.copy_within(FRAME.., 0);
-        let new = &mut self.input[CONTEXT..];
-        for (i, dst) in new.iter_mut().enumerate() {
+        let (_, input) = self.input.extract_tensor_mut();
+        input.copy_within(FRAME.., 0);
+        for (i, dst) in input[CONTEXT..].iter_mut().enumerate() {
             *dst = frame.get(i).map_or(0.0, |&s| s as f32 / 32768.0);
         }
-        let input = Tensor::from_array(([1usize, CONTEXT + FRAME], self.input.clone()))
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        let state = Tensor::from_array(([2usize, 1, 128], self.state.clone()))
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        let sr = Tensor::from_array(((), vec![SAMPLE_RATE as i64]))
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
         let outputs = self
             .session
-            .run(ort::inputs!["input" => input, "state" => state, "sr" => sr])
+            .run(ort::inputs![
+                "input" => &self.input,
+                "state" => &self.state,
+                "sr" => &self.sample_rate
+            ])
             .map_err(|e| onnx::ort_error(ENGINE, e))?;
         let (_, prob) = outputs["output"]
             .try_extract_tensor::<f32>()
             .map_err(|e| onnx::ort_error(ENGINE, e))?;
         let p = prob.first().copied().unwrap_or(0.0);
-        let (_, state) = outputs["stateN"]
+        let (_, new_state) = outputs["stateN"]
             .try_extract_tensor::<f32>()
             .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        if state.len() == STATE {
-            self.state.copy_from_slice(state);
+        let (_, state) = self.state.extract_tensor_mut();
+        if new_state.len() == state.len() {
+            state.copy_from_slice(new_state);
         }
         Ok(p.clamp(0.0, 1.0))
     }
@@ -114,8 +120,8 @@ impl VadModel for SileroVad {
     }
 
     fn reset(&mut self) {
-        self.state.fill(0.0);
-        self.input.fill(0.0);
+        self.state.extract_tensor_mut().1.fill(0.0);
+        self.input.extract_tensor_mut().1.fill(0.0);
         self.failed = false;
     }
 }
