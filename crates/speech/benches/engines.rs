@@ -6,6 +6,22 @@
 //!
 //! Targets: VAD RTF ≤ 0.01; Smart Turn ≤ 100 ms per decision; Piper first
 //! audio ≤ 150 ms and RTF ≤ 0.2.
+//!
+//! Measured 2026-11-25 on the 2-core build machine (load average ~2.7 from
+//! other builds; wall figures roughly double at load ~6, CPU figures do not):
+//!
+//! ```text
+//! engine                        RTF    CPU RTF   first result
+//! silero vad x1              0.0044     0.0070         1.0 ms
+//! silero vad x4              0.0065     0.0080         0.6 ms
+//! smart turn x1                   -          -          75 ms   (max 83 ms; CPU 78 ms per decision)
+//! smart turn x4                   -          -         158 ms   (max 236 ms; CPU 78 ms per decision)
+//! smart turn features             -          -         2.5 ms   (log-mel features alone)
+//! piper x1                   0.0968     0.0968        50.2 ms
+//! piper x4                   0.2124     0.0970       114.1 ms
+//! espeak-ng x1               0.0011     0.0012         2.4 ms
+//! espeak-ng x4               0.0036     0.0009         7.2 ms
+//! ```
 
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
