@@ -27,7 +27,9 @@ pub struct ConnectOptions {
     pub udp_addrs: Vec<String>,
     /// The reconnect schedule after signal or transport loss.
     pub reconnect: ReconnectPolicy,
-    /// Capacity of the event channel. The engine waits when it is full, so keep reading.
+    /// Capacity of the event channel. The engine waits when it is full, so keep
+    /// reading; it must also exceed the number of participants already in the room,
+    /// who are announced before [`connect`] returns.
     pub event_capacity: usize,
     /// Opus encoder complexity of published tracks, 0–10 (libopus default 10). The
     /// encoder dominates a stream's CPU; see `tests/benches/rtc_streams.rs`.
