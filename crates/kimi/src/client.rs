@@ -407,7 +407,12 @@ impl Driver {
                 return Ok(());
             }
         }
-        tracing::warn!(target_model = label, "LLM request failed: {error}");
+        if self.target + 1 < inner.targets.len() {
+            tracing::warn!(target_model = label, "LLM request failed: {error}");
+        } else {
+            // The last target: the error goes back to the caller, who reports it.
+            tracing::debug!(target_model = label, "LLM request failed: {error}");
+        }
         if self.first_error.is_none() {
             self.first_error = Some(error);
         }
