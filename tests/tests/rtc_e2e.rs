@@ -23,11 +23,9 @@ const MIN_CORRELATION: f64 = 0.9;
 /// 10 ms envelope window of measurement granularity.
 const MAX_DURATION_DIFF_S: f64 = 0.030;
 
+/// Defaults: ICE binds loopback by itself because the server URL is on loopback.
 fn options() -> ConnectOptions {
-    ConnectOptions {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        ..Default::default()
-    }
+    ConnectOptions::default()
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -482,7 +482,11 @@ impl Engine {
                 generation,
                 target,
             }))
-            .with_udp_addrs(self.options.udp_addrs.clone())
+            .with_udp_addrs(if self.options.udp_addrs.is_empty() {
+                signal::default_udp_addrs(&self.url)
+            } else {
+                self.options.udp_addrs.clone()
+            })
             .build()
             .await?;
         Ok(Arc::new(pc))

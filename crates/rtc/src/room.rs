@@ -22,8 +22,9 @@ pub struct ConnectOptions {
     pub auto_subscribe: bool,
     /// Bound on the whole join (signal, join response, publisher data channel open).
     pub connect_timeout: Duration,
-    /// Local UDP addresses for ICE. A wildcard (`0.0.0.0:0`) binds every non-loopback
-    /// interface; pass `127.0.0.1:0` to reach a server on loopback.
+    /// Local UDP addresses for ICE. Empty (the default) picks them from the server
+    /// URL: `127.0.0.1:0` when the server is on loopback (`localhost`, `127.x`, `[::1]`),
+    /// else `0.0.0.0:0`, which binds every non-loopback interface.
     pub udp_addrs: Vec<String>,
     /// The reconnect schedule after signal or transport loss.
     pub reconnect: ReconnectPolicy,
@@ -41,7 +42,7 @@ impl Default for ConnectOptions {
         Self {
             auto_subscribe: true,
             connect_timeout: Duration::from_secs(15),
-            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            udp_addrs: Vec::new(),
             reconnect: ReconnectPolicy::default(),
             event_capacity: 256,
             opus_complexity: crate::opus_enc::DEFAULT_COMPLEXITY,

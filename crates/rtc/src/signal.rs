@@ -88,6 +88,34 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Local UDP bind addresses for ICE when the caller gave none: loopback for a server
+/// on loopback (a wildcard bind skips the loopback interface), else every interface.
+pub fn default_udp_addrs(server_url: &str) -> Vec<String> {
+    let rest = server_url
+        .split_once("://")
+        .map(|x| x.1)
+        .unwrap_or(server_url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map(|x| x.0).unwrap_or(authority)
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        if host.contains(':') {
+            vec!["[::1]:0".to_owned()]
+        } else {
+            vec!["127.0.0.1:0".to_owned()]
+        }
+    } else {
+        vec!["0.0.0.0:0".to_owned()]
+    }
+}
+
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) type WsSink = futures::stream::SplitSink<Ws, Message>;
 pub(crate) type WsStream = futures::stream::SplitStream<Ws>;
@@ -196,6 +224,24 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("auto_subscribe=0"));
+    }
+
+    #[test]
+    fn udp_addrs_follow_the_server() {
+        assert_eq!(
+            default_udp_addrs("ws://127.0.0.1:7880"),
+            vec!["127.0.0.1:0"]
+        );
+        assert_eq!(
+            default_udp_addrs("http://localhost:7880/x"),
+            vec!["127.0.0.1:0"]
+        );
+        assert_eq!(default_udp_addrs("ws://[::1]:7880"), vec!["[::1]:0"]);
+        assert_eq!(
+            default_udp_addrs("wss://example.livekit.cloud"),
+            vec!["0.0.0.0:0"]
+        );
+        assert_eq!(default_udp_addrs("wss://10.0.0.1:443"), vec!["0.0.0.0:0"]);
     }
 
     #[test]
