@@ -14,6 +14,7 @@ CACHE="${VOICE_AGENT_TEST_CACHE:-$HOME/.cache/voice-agent-test}"
 LIVEKIT_SERVER_VERSION="v1.13.5"
 PY_LIVEKIT_VERSION="1.2.1"
 PY_LIVEKIT_API_VERSION="1.2.2"
+PY_NUMPY_VERSION="2.4.6"
 
 mkdir -p "$CACHE/bin"
 
@@ -45,11 +46,11 @@ if [ ! -x "$SERVER_BIN" ]; then
 fi
 
 VENV="$CACHE/venv"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import livekit.rtc, livekit.api" >/dev/null 2>&1; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import livekit.rtc, livekit.api, numpy" >/dev/null 2>&1; then
     echo "setup: creating the Python venv with livekit==$PY_LIVEKIT_VERSION livekit-api==$PY_LIVEKIT_API_VERSION"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q "livekit==$PY_LIVEKIT_VERSION" "livekit-api==$PY_LIVEKIT_API_VERSION" numpy
+    "$VENV/bin/pip" install -q "livekit==$PY_LIVEKIT_VERSION" "livekit-api==$PY_LIVEKIT_API_VERSION" "numpy==$PY_NUMPY_VERSION"
 fi
 
 echo "setup: ok (server $SERVER_BIN, venv $VENV)"
