@@ -46,11 +46,15 @@ if [ ! -x "$SERVER_BIN" ]; then
 fi
 
 VENV="$CACHE/venv"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import livekit.rtc, livekit.api, numpy" >/dev/null 2>&1; then
+PINS="livekit==$PY_LIVEKIT_VERSION livekit-api==$PY_LIVEKIT_API_VERSION numpy==$PY_NUMPY_VERSION"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS" ] \
+    || ! "$VENV/bin/python" -c "import livekit.rtc, livekit.api, numpy" >/dev/null 2>&1; then
     echo "setup: creating the Python venv with livekit==$PY_LIVEKIT_VERSION livekit-api==$PY_LIVEKIT_API_VERSION"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q "livekit==$PY_LIVEKIT_VERSION" "livekit-api==$PY_LIVEKIT_API_VERSION" "numpy==$PY_NUMPY_VERSION"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install -q $PINS
+    echo "$PINS" > "$VENV/.pins"
 fi
 
 echo "setup: ok (server $SERVER_BIN, venv $VENV)"
