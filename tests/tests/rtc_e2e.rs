@@ -449,3 +449,52 @@ async fn signal_cut_is_resumed_without_leaving_the_room() -> R {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_leaves_the_room_and_ends_the_events() -> R {
+    let _g = SERIAL.lock().await;
+    init_logging();
+    let server = LiveKitServer::start().await?;
+    let (room, mut events) = join(&server, "agent", "room-drop").await?;
+    let track = room.publish_audio("agent-voice", 24_000).await?;
+    let (_other, mut other_events) = join(&server, "human", "room-drop").await?;
+    next_event(
+        &mut other_events,
+        Duration::from_secs(20),
+        |e| matches!(e, RoomEvent::TrackSubscribed(t) if t.participant_identity() == "agent"),
+    )
+    .await?;
+    drop(room);
+    // The engine leaves, reports Disconnected(ClientInitiated) and closes the channel.
+    let ev = next_event(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, RoomEvent::Disconnected(_))
+    })
+    .await?;
+    assert!(
+        matches!(
+            ev,
+            RoomEvent::Disconnected(DisconnectReason::ClientInitiated)
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await?
+            .is_none()
+    );
+    // The other side sees us go, promptly (a LeaveRequest, not a timeout).
+    next_event(
+        &mut other_events,
+        Duration::from_secs(5),
+        |e| matches!(e, RoomEvent::ParticipantLeft(p) if p.identity == "agent"),
+    )
+    .await?;
+    // The track handle outlives the room harmlessly: capturing now fails, no panic.
+    let frame = AudioFrame {
+        data: vec![0; 480],
+        sample_rate: 24_000,
+    };
+    let r = tokio::time::timeout(Duration::from_secs(2), track.capture_frame(frame)).await?;
+    assert!(r.is_err(), "{r:?}");
+    Ok(())
+}
