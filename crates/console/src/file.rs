@@ -148,28 +148,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     last_activity = pos;
                 }
                 SessionEvent::UserTurn { text, .. } => {
-                    let line = format!("user: {text}\n");
-                    transcript
-                        .write_all(line.as_bytes())
-                        .await
-                        .map_err(|source| ConsoleError::Io {
-                            context: "writing the transcript".into(),
-                            source,
-                        })?;
+                    write_line(&mut transcript, &format!("user: {text}\n")).await?;
                     pending_user = Some(text);
                 }
                 SessionEvent::AgentSpoke {
                     text, interrupted, ..
                 } => {
                     let mark = if interrupted { " [interrupted]" } else { "" };
-                    let line = format!("agent: {text}{mark}\n");
-                    transcript
-                        .write_all(line.as_bytes())
-                        .await
-                        .map_err(|source| ConsoleError::Io {
-                            context: "writing the transcript".into(),
-                            source,
-                        })?;
+                    write_line(&mut transcript, &format!("agent: {text}{mark}\n")).await?;
                     summary.turns.push((
                         pending_user.take().unwrap_or_default(),
                         text,
@@ -223,14 +209,18 @@ pub async fn run<W: AsyncWrite + Unpin>(
     drop(handle);
     let _ = task.await;
     out.finish()?;
-    transcript
-        .flush()
-        .await
-        .map_err(|source| ConsoleError::Io {
-            context: "writing the transcript".into(),
-            source,
-        })?;
+    write_line(&mut transcript, "").await?;
     summary.duration = pos;
     summary.wall = wall_start.elapsed();
     Ok(summary)
+}
+
+/// Writes and flushes one transcript line (or just flushes, given "").
+async fn write_line<W: AsyncWrite + Unpin>(out: &mut W, line: &str) -> Result<(), ConsoleError> {
+    let io = |source| ConsoleError::Io {
+        context: "writing the transcript".into(),
+        source,
+    };
+    out.write_all(line.as_bytes()).await.map_err(io)?;
+    out.flush().await.map_err(io)
 }
