@@ -1,0 +1,392 @@
+//! One job: join the room, run one session actor there, leave.
+//!
+//! The job task (spawned by the worker loop, which owns it in a `JoinSet`) owns:
+//! - the room handle and its event receiver (the room is left on return);
+//! - the session handle, its events and its task (a panic there ends this job
+//!   as failed, nothing else);
+//! - the input pump (user track PCM → session audio input), aborted when the
+//!   user's track changes or the job ends;
+//! - the output pump (session playout → our published track; `Cleared` drops
+//!   the track's queue at once), aborted when the job ends.
+//!
+//! The user is the first remote participant that is not an agent, unless one is
+//! named. Transcriptions go out as `lk.transcription` text streams; the agent
+//! state is kept in our `lk.agent.state` attribute.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::playout::Playout;
+use agent::session::{self, AudioIo, SessionEvent, SessionOptions, Stages};
+use agent::stage::JobContext;
+use rtc::{RoomEvent, RtcError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::JobError;
+use crate::metrics::Metrics;
+
+/// The text-stream topic of transcriptions.
+pub const TRANSCRIPTION_TOPIC: &str = "lk.transcription";
+/// Our participant attribute holding the agent state.
+pub const AGENT_STATE_ATTRIBUTE: &str = "lk.agent.state";
+
+/// Participant kind number of agents (`ParticipantInfo.Kind.AGENT`).
+const KIND_AGENT: i32 = 4;
+/// Rate at which the user's audio is decoded for the session.
+const INPUT_RATE: u32 = 16_000;
+/// Frames between the input pump and the session (1 s of 20 ms frames).
+const INPUT_FRAMES: usize = 50;
+/// Frames the session may queue for playout ahead of the track (20 ms+ each).
+const PLAYOUT_FRAMES: usize = 32;
+
+/// What every session in this worker runs on.
+#[derive(Clone)]
+pub struct SessionFactory {
+    pub stages: Stages,
+    /// Template; the job context is filled in per job.
+    pub options: SessionOptions,
+    /// Sample rate of the agent's published audio (an Opus rate: 8, 12, 16, 24, 48 kHz).
+    pub output_rate: u32,
+}
+
+/// How jobs behave in their rooms.
+#[derive(Clone, Debug)]
+pub struct JobOptions {
+    /// How rooms are joined (UDP addresses, timeouts, reconnect policy).
+    pub connect: rtc::ConnectOptions,
+    /// End the session when the user leaves.
+    pub end_on_user_leave: bool,
+    /// Talk to this identity only; `None`: the first remote participant that is not an agent.
+    pub user_identity: Option<String>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            connect: rtc::ConnectOptions::default(),
+            end_on_user_leave: true,
+            user_identity: None,
+        }
+    }
+}
+
+/// How a job is told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep going.
+    Run,
+    /// Finish the reply in progress, then leave.
+    Drain,
+    /// Leave now.
+    Now,
+}
+
+/// A room to join.
+#[derive(Clone, Debug)]
+pub struct RoomJob {
+    pub job_id: String,
+    pub url: String,
+    pub token: String,
+    pub context: JobContext,
+}
+
+/// Aborts the task when dropped.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one job to its end. `joined` is told once the room is joined and the
+/// agent's track is published. `Ok` when the session ended normally (the user
+/// left, a drain, a termination).
+pub async fn run(
+    job: RoomJob,
+    factory: Arc<SessionFactory>,
+    options: Arc<JobOptions>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<Stop>,
+    joined: mpsc::Sender<String>,
+) -> Result<(), JobError> {
+    let (room, mut room_events) =
+        rtc::connect(&job.url, &job.token, options.connect.clone()).await?;
+    let result = async {
+        let track = room.publish_audio("agent", factory.output_rate).await?;
+        let _ = room
+            .set_attributes(state_attr(agent::AgentState::Initializing))
+            .await;
+        let _ = joined.send(job.job_id.clone()).await;
+
+        let stages = factory.stages.clone();
+        let (input_tx, input_rx) = mpsc::channel(INPUT_FRAMES);
+        let input = stages.stt.is_some().then_some(input_rx);
+        let (output, output_pump) = if stages.tts.is_some() {
+            let (writer, control, reader) = agent::playout(factory.output_rate, PLAYOUT_FRAMES);
+            let pump = Owned(tokio::spawn(output_pump(reader, track.clone())));
+            (Some((writer, control)), Some(pump))
+        } else {
+            (None, None)
+        };
+        let mut session_options = factory.options.clone();
+        session_options.job = job.context.clone();
+        let (handle, mut events, mut session_task) =
+            session::start(stages, session_options, AudioIo { input, output });
+        metrics.session_started();
+        let mut bridge = Bridge {
+            room: room.clone(),
+            job_id: job.job_id.clone(),
+            agent_track_sid: track.sid().to_owned(),
+            user: options.user_identity.clone(),
+            user_track_sid: String::new(),
+            user_segment: 0,
+            agent_text: String::new(),
+            metrics: metrics.clone(),
+        };
+        let mut input_pump: Option<Owned> = None;
+        let mut handle = Some(handle);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let outcome = loop {
+            tokio::select! {
+                ended = &mut session_task => {
+                    break match ended {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.is_panic() => Err(JobError::SessionPanicked),
+                        Err(_) => Ok(()),
+                    };
+                }
+                Some(event) = events.recv() => bridge.session_event(event).await,
+                event = room_events.recv() => match event {
+                    None | Some(RoomEvent::Disconnected(_)) => break Err(JobError::RoomLost),
+                    Some(RoomEvent::ParticipantJoined(p)) => {
+                        if bridge.user.is_none() && p.kind != KIND_AGENT {
+                            tracing::info!(job = %job.job_id, user = %p.identity, "user joined");
+                            bridge.user = Some(p.identity);
+                        }
+                    }
+                    Some(RoomEvent::ParticipantLeft(p)) => {
+                        if bridge.user.as_deref() == Some(p.identity.as_str()) && options.end_on_user_leave {
+                            tracing::info!(job = %job.job_id, user = %p.identity, "user left: ending the session");
+                            break Ok(());
+                        }
+                    }
+                    Some(RoomEvent::TrackSubscribed(t)) => {
+                        if bridge.user.is_none() {
+                            bridge.user = Some(t.participant_identity().to_owned());
+                        }
+                        if bridge.user.as_deref() == Some(t.participant_identity()) && factory.stages.stt.is_some() {
+                            bridge.user_track_sid = t.sid().to_owned();
+                            match t.into_stream(INPUT_RATE) {
+                                Ok(stream) => {
+                                    input_pump = Some(Owned(tokio::spawn(input_pump_task(stream, input_tx.clone()))));
+                                }
+                                Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot decode the user's track"),
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                },
+                changed = stop.changed() => {
+                    let now = if changed.is_err() { Stop::Now } else { *stop.borrow_and_update() };
+                    match now {
+                        Stop::Run => {}
+                        Stop::Now => break Ok(()),
+                        Stop::Drain => {
+                            if let Some(h) = handle.take() {
+                                // Resolves when the reply is over; the session task then ends.
+                                tokio::spawn(async move { let _ = h.drain().await; });
+                            }
+                            drain_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(60));
+                        }
+                    }
+                }
+                _ = sleep_until(drain_deadline) => break Ok(()),
+            }
+        };
+        drop(input_pump);
+        drop(handle);
+        session_task.abort();
+        // Let the last audio leave before leaving the room (bounded).
+        if outcome.is_ok() {
+            let wait = track.queued_duration().min(Duration::from_secs(2));
+            tokio::time::sleep(wait).await;
+        }
+        drop(output_pump);
+        metrics.session_ended(outcome.is_ok());
+        outcome
+    }
+    .await;
+    let _ = room.close().await;
+    result
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn state_attr(state: agent::AgentState) -> HashMap<String, String> {
+    [(AGENT_STATE_ATTRIBUTE.to_owned(), state.as_str().to_owned())].into()
+}
+
+/// Turns session events into room traffic.
+struct Bridge {
+    room: rtc::Room,
+    job_id: String,
+    agent_track_sid: String,
+    user: Option<String>,
+    user_track_sid: String,
+    /// Numbers the user's transcript segments; bumped after each final one.
+    user_segment: u64,
+    /// The reply text streamed so far.
+    agent_text: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Bridge {
+    async fn session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::AgentState(s) => {
+                if let Err(e) = self.room.set_attributes(state_attr(s)).await {
+                    tracing::warn!(job = %self.job_id, error = %e, "cannot set the agent state");
+                }
+            }
+            SessionEvent::UserTranscript { text, is_final } => {
+                let segment = format!("SG_{}_user_{}", self.job_id, self.user_segment);
+                let track = self.user_track_sid.clone();
+                self.transcription(&text, &segment, &track, is_final).await;
+                if is_final {
+                    self.user_segment += 1;
+                }
+            }
+            SessionEvent::AgentText { reply, delta } => {
+                self.agent_text.push_str(&delta);
+                // Interim agent transcription at each sentence end.
+                if delta.contains(['.', '!', '?']) {
+                    let segment = format!("SG_{}_agent_{reply}", self.job_id);
+                    let text = self.agent_text.clone();
+                    let track = self.agent_track_sid.clone();
+                    self.transcription(&text, &segment, &track, false).await;
+                }
+            }
+            SessionEvent::AgentSpoke {
+                reply,
+                text,
+                interrupted,
+            } => {
+                self.agent_text.clear();
+                let segment = format!("SG_{}_agent_{reply}", self.job_id);
+                let track = self.agent_track_sid.clone();
+                tracing::info!(job = %self.job_id, reply, interrupted, "agent spoke");
+                self.transcription(&text, &segment, &track, true).await;
+            }
+            SessionEvent::Metrics(m) => {
+                tracing::info!(
+                    job = %self.job_id,
+                    end_to_end_ms = m.end_to_end.map(|d| d.as_millis() as u64),
+                    llm_ttft_ms = m.llm_ttft.map(|d| d.as_millis() as u64),
+                    tts_ttfb_ms = m.tts_ttfb.map(|d| d.as_millis() as u64),
+                    "turn metrics"
+                );
+                self.metrics.turn(&m);
+            }
+            SessionEvent::Error { stage, error } => {
+                tracing::warn!(job = %self.job_id, stage, kind = error.kind.as_str(), "stage error");
+                self.metrics.error(stage, error.kind.as_str());
+            }
+            SessionEvent::UserSpeaking(_) | SessionEvent::UserTurn { .. } => {}
+        }
+    }
+
+    async fn transcription(&self, text: &str, segment: &str, track_sid: &str, is_final: bool) {
+        if text.is_empty() {
+            return;
+        }
+        let attributes: HashMap<String, String> = [
+            ("lk.segment_id".to_owned(), segment.to_owned()),
+            ("lk.transcribed_track_id".to_owned(), track_sid.to_owned()),
+            ("lk.transcription_final".to_owned(), is_final.to_string()),
+        ]
+        .into();
+        if let Err(e) = self
+            .room
+            .send_text(TRANSCRIPTION_TOPIC, text, attributes, &[])
+            .await
+        {
+            tracing::warn!(job = %self.job_id, error = %e, "cannot send a transcription");
+        }
+    }
+}
+
+/// User PCM → session input. Ends when the track ends or the session's input closes.
+async fn input_pump_task(mut stream: rtc::AudioStream, tx: mpsc::Sender<agent::AudioFrame>) {
+    while let Some(frame) = stream.recv().await {
+        let frame = agent::AudioFrame::new(frame.data, frame.sample_rate, 1);
+        if tx.send(frame).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Session playout → our track, paced by the track's queue. `Cleared` (an
+/// interruption) drops what the track has queued at once.
+async fn output_pump(mut reader: agent::PlayoutReader, track: rtc::LocalAudioTrack) {
+    let rate = track.sample_rate();
+    while let Some(item) = reader.recv().await {
+        match item {
+            Playout::Cleared => track.clear_queue(),
+            Playout::Frame(frame) => {
+                if frame.sample_rate != rate {
+                    tracing::warn!(
+                        got = frame.sample_rate,
+                        want = rate,
+                        "playout frame at the wrong rate dropped"
+                    );
+                    continue;
+                }
+                let data = mono(&frame);
+                match track
+                    .capture_frame(rtc::AudioFrame {
+                        data,
+                        sample_rate: rate,
+                    })
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(RtcError::Closed) => break,
+                    Err(e) => tracing::warn!(error = %e, "cannot queue agent audio"),
+                }
+            }
+        }
+    }
+}
+
+fn mono(frame: &agent::AudioFrame) -> Vec<i16> {
+    let ch = usize::from(frame.channels.max(1));
+    if ch == 1 {
+        return frame.samples.to_vec();
+    }
+    frame
+        .samples
+        .chunks(ch)
+        .map(|c| (c.iter().map(|&s| i32::from(s)).sum::<i32>() / c.len() as i32) as i16)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downmixes_interleaved_stereo() {
+        let f = agent::AudioFrame::new(vec![100i16, 300, -50, 50], 24_000, 2);
+        assert_eq!(mono(&f), vec![200, 0]);
+        let m = agent::AudioFrame::new(vec![1i16, 2, 3], 24_000, 1);
+        assert_eq!(mono(&m), vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,64 @@
+//! # worker — the LiveKit agent worker
+//!
+//! Registers with a LiveKit server over `/agent`, answers for jobs, joins the
+//! rooms it is dispatched to and runs one session actor in each; reports its
+//! load, survives server loss, drains on request, and serves health and
+//! metrics over HTTP.
+//!
+//! ```no_run
+//! # async fn demo(factory: std::sync::Arc<worker::SessionFactory>) -> Result<(), worker::WorkerError> {
+//! use std::sync::Arc;
+//! let options = worker::WorkerOptions {
+//!     url: "ws://127.0.0.1:7880".into(),
+//!     api_key: "devkey".into(),
+//!     api_secret: "secret".into(),
+//!     agent_name: String::new(), // automatic dispatch to every new room
+//!     max_jobs: 20,
+//!     load_threshold: 0.7,
+//!     drain_timeout: std::time::Duration::from_secs(60),
+//!     http_addr: Some(([127, 0, 0, 1], 8081).into()),
+//!     report_interval: std::time::Duration::from_millis(2500),
+//! };
+//! let metrics = Arc::new(worker::Metrics::default());
+//! worker::run(options, factory, Arc::new(worker::JobOptions::default()), metrics, async {
+//!     let _ = tokio::signal::ctrl_c().await; // drain on Ctrl-C
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! ## Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | `protocol.rs` | the worker protocol as a pure state machine (register, availability, assignment, status) |
+//! | `worker.rs` | the loop around it: socket, reconnect, jobs, load ticks, drain |
+//! | `conn.rs` | the `/agent` URL, tokens, framing, the backoff (pure) |
+//! | `job.rs` | one job: room ↔ session (audio both ways, transcriptions, agent state) |
+//! | `load.rs` | CPU moving average |
+//! | `metrics.rs` | counters and histograms, Prometheus text |
+//! | `http.rs` | `GET /` health and `GET /metrics` |
+//! | `error.rs` | [`WorkerError`], [`JobError`] |
+//!
+//! ## Known limits
+//!
+//! - The agent's transcription goes out as whole text streams (an interim one
+//!   at each sentence end while generating, a final one when the reply is over),
+//!   not as one stream with incremental chunks: `rtc` sends text streams whole.
+//! - Load is this process's CPU share of the machine's cores, not system-wide CPU.
+
+mod conn;
+mod error;
+mod http;
+pub mod job;
+mod load;
+mod metrics;
+pub mod protocol;
+mod worker;
+
+pub use conn::{agent_url, backoff, room_token, worker_token};
+pub use error::{JobError, WorkerError};
+pub use job::{JobOptions, RoomJob, SessionFactory, Stop};
+pub use load::{CpuSampler, LoadAverage};
+pub use metrics::Metrics;
+pub use worker::{WorkerOptions, run};
