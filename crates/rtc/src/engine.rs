@@ -609,7 +609,12 @@ impl Engine {
                 let _ = r.send(Err(RtcError::Closed));
             }
         }
-        self.emit(RoomEvent::Disconnected(reason)).await;
+        // Bounded: a consumer that stopped reading must not keep this task alive.
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            self.events.send(RoomEvent::Disconnected(reason)),
+        )
+        .await;
         // Answer anything still queued so no caller waits forever.
         self.cmd_rx.close();
         while let Ok(cmd) = self.cmd_rx.try_recv() {
