@@ -509,3 +509,106 @@ impl Drop for TcpProxy {
         self.sever();
     }
 }
+
+/// The `voice-agent` binary next to this test executable (`target/<profile>/voice-agent`).
+/// `cargo test --workspace` builds it; for `cargo test -p e2e-tests` run
+/// `cargo build -p voice-agent` first.
+pub fn voice_agent_bin() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/voice-agent
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("voice-agent"))
+        .ok_or_else(|| HarnessError::Other("no target directory".into()))?;
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing(format!(
+            "{} (build it with `cargo build -p voice-agent`)",
+            p.display()
+        )))
+    }
+}
+
+/// `GET path` on `127.0.0.1:port`: the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), HarnessError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .map_err(|_| HarnessError::Timeout(format!("GET {path}")))??;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| HarnessError::Other(format!("not HTTP: {out:?}")))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A local OpenAI-compatible chat-completions server that streams `reply` (split
+/// in a few SSE chunks, then usage and `[DONE]`) to every request. Returns its
+/// base URL (`http://127.0.0.1:PORT/v1`) and a counter of requests served.
+pub async fn llm_stand_in(
+    reply: &'static str,
+) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>), HarnessError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let served = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                served.fetch_add(1, Ordering::SeqCst);
+                let mut r = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                );
+                let words: Vec<&str> = reply.split_inclusive(' ').collect();
+                for piece in words.chunks(2) {
+                    let event = serde_json::json!({
+                        "id": "c1", "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"content": piece.concat()}, "finish_reason": null}]
+                    });
+                    r.push_str(&format!("data: {event}\n\n"));
+                }
+                r.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18}}\n\n");
+                r.push_str("data: [DONE]\n\n");
+                let _ = sock.write_all(r.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok((format!("http://{addr}/v1"), count))
+}

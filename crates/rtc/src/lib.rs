@@ -118,14 +118,17 @@
 //!
 //! | streams | CPU per stream (% of one core) | memory per stream | 20 ms cadence lateness |
 //! |---|---|---|---|
-//! | 1 | 3.2 % (includes the process's fixed cost) | 7.6 MB (includes one-time setup) | mean 1.3 ms, max 15.9 ms |
-//! | 10 | 1.95 % | 1.2 MB | mean 1.1 ms, max 5.7 ms |
-//! | 50 | 1.2 % | 1.1 MB | mean 270 ms, max 1.7 s: machine saturated |
+//! | 1 | 2.5–3.2 % (includes the process's fixed cost) | 7.6–7.9 MB (includes one-time setup) | mean 1.0–1.8 ms, max 5–16 ms |
+//! | 10 | 1.9–2.5 % | 1.0–1.9 MB | mean 1.1–3.3 ms, max 5.7–213 ms (with the load) |
+//! | 50 | 1.0–1.2 % | 1.1–1.4 MB | mean 176–384 ms, max 1.7–3.1 s: machine saturated |
 //!
+//! (Ranges over five runs with load averages between 3 and 9 on two cores.)
 //! At 50 streams the machine runs 100 real-time participants (ours and their peers),
 //! the SFU and other builds on two cores; the lateness measures that saturation, not
-//! this crate. Memory meets the 2 MB target; CPU meets 1.5 % at 50 streams and not
-//! at 10 on this machine; the ≤ 5 ms jitter target at 50 streams is not shown here.
+//! this crate (the pacers then fall behind real time: 47 frames/s instead of 50).
+//! Memory meets the 2 MB target; CPU meets 1.5 % at 50 streams but not at 1 or 10
+//! on this machine, where the encoder alone is ~225 µs per frame (1.1 %); the
+//! ≤ 5 ms jitter target at 50 streams could not be shown on this machine.
 //!
 //! ## Logging
 //!
