@@ -535,8 +535,10 @@ pub fn voice_agent_bin() -> Result<PathBuf, HarnessError> {
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), HarnessError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
@@ -546,7 +548,10 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), HarnessErr
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| HarnessError::Other(format!("not HTTP: {out:?}")))?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

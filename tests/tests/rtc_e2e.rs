@@ -109,16 +109,24 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
     assert_eq!(track.participant_identity(), "human");
     let mut stream = track.into_stream(48_000)?;
     let mut got = Vec::new();
-    let want = reference.samples.len() + 48_000 * 3;
-    // Python stops sending after the last frame, so stop listening soon after.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(reference.seconds() + 4.0);
-    while got.len() < want {
-        match tokio::time::timeout_at(deadline, stream.recv()).await {
-            Ok(Some(f)) => {
-                assert_eq!(f.sample_rate, 48_000);
-                got.extend_from_slice(&f.data);
+    // Listen until Python has played the whole file, plus a second for the last
+    // packets; bounded in any case.
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut played = false;
+    loop {
+        tokio::select! {
+            f = tokio::time::timeout_at(deadline, stream.recv()) => match f {
+                Ok(Some(f)) => {
+                    assert_eq!(f.sample_rate, 48_000);
+                    got.extend_from_slice(&f.data);
+                }
+                Ok(None) | Err(_) => break,
+            },
+            ev = human.wait_event("played", Duration::from_secs(30)), if !played => {
+                ev?;
+                played = true;
+                deadline = tokio::time::Instant::now() + Duration::from_secs(1);
             }
-            Ok(None) | Err(_) => break,
         }
     }
     let got = Pcm {

@@ -1,0 +1,212 @@
+//! The worker end to end: the real `voice-agent dev` process registers with the
+//! real livekit-server; the real LiveKit Python client joins a new room, which
+//! dispatches the agent automatically; the client speaks an espeak-ng question
+//! and gets the agent's spoken answer (local whisper STT, an OpenAI-compatible
+//! LLM stand-in, espeak-ng TTS), both transcriptions on `lk.transcription`, and
+//! `lk.agent.state` listening → thinking → speaking → listening. SIGTERM then
+//! drains the worker and it exits 0.
+
+use std::time::{Duration, Instant};
+
+use e2e_tests::{
+    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, espeak, free_port, http_get,
+    init_logging, llm_stand_in, token, voice_agent_bin,
+};
+use tokio::process::Command;
+
+const REPLY: &str = "The capital of France is Paris. It is a lovely city.";
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError::Other(msg.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessError> {
+    init_logging();
+    let server = LiveKitServer::start().await?;
+    let (llm_url, llm_requests) = llm_stand_in(REPLY).await?;
+    let dir = std::env::temp_dir().join(format!("va-worker-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let http_port = free_port(false)?;
+    let config = format!(
+        "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\nmax_retries = 0\n\
+         [tts]\nengine = \"espeak\"\n\
+         [turn]\ndetector = \"none\"\n\
+         [worker]\nhttp_port = {http_port}\ndrain_timeout = 20.0\n"
+    );
+    let config_path = dir.join("agent.toml");
+    std::fs::write(&config_path, config)?;
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path)?;
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut agent = Command::new(voice_agent_bin()?)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("dev")
+        .env("LIVEKIT_URL", server.url())
+        .env("LIVEKIT_API_KEY", API_KEY)
+        .env("LIVEKIT_API_SECRET", API_SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    // Healthy once registered (stages load first: whisper, espeak).
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(http_port, "/").await {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            return Err(err(format!(
+                "worker never became healthy; log:\n{}",
+                agent_log()
+            )));
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            return Err(err(format!(
+                "voice-agent exited ({status}); log:\n{}",
+                agent_log()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("worker registered after {:?}", started.elapsed());
+
+    let question = dir.join("question.wav");
+    espeak("What is the capital of France?", &question).await?;
+    let recorded = dir.join("agent.wav");
+    let user_token = token("human", "worker-e2e")?;
+    let mut human = Human::spawn(
+        &server.url(),
+        &user_token,
+        &[
+            "--publish-wav",
+            question.to_str().ok_or_else(|| err("path"))?,
+            "--publish-delay",
+            "1.0",
+            "--record-wav",
+            recorded.to_str().ok_or_else(|| err("path"))?,
+            "--record-seconds",
+            "25",
+            "--text-topic",
+            "lk.transcription",
+            "--duration",
+            "45",
+        ],
+    )
+    .await?;
+    human.wait_event("ready", Duration::from_secs(30)).await?;
+    let joined = Instant::now();
+    let agent_p = loop {
+        let p = human
+            .wait_event("participant", Duration::from_secs(20))
+            .await
+            .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
+        if p["identity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("agent-"))
+        {
+            break p;
+        }
+    };
+    let dispatch = joined.elapsed();
+    eprintln!("dispatch: user joined → agent in the room after {dispatch:?}");
+    let agent_identity = agent_p["identity"].as_str().unwrap_or_default().to_owned();
+
+    // Everything the client saw up to the end of the recording.
+    human
+        .wait_event("recorded", Duration::from_secs(40))
+        .await
+        .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
+    let seen = human.seen.clone();
+    let states: Vec<String> = seen
+        .iter()
+        .filter(|v| v["identity"].as_str() == Some(agent_identity.as_str()))
+        .filter_map(|v| {
+            v["attributes"]["lk.agent.state"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .fold(Vec::new(), |mut acc, s| {
+            if acc.last() != Some(&s) {
+                acc.push(s);
+            }
+            acc
+        });
+    eprintln!("agent states: {states:?}");
+    let pos = |from: usize, s: &str| states[from..].iter().position(|x| x == s).map(|p| p + from);
+    let ok = pos(0, "listening")
+        .and_then(|a| pos(a, "thinking"))
+        .and_then(|b| pos(b, "speaking"))
+        .and_then(|c| pos(c, "listening"));
+    if ok.is_none() {
+        return Err(err(format!(
+            "states {states:?} lack listening → thinking → speaking → listening; log:\n{}",
+            agent_log()
+        )));
+    }
+    let texts: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|v| v["event"] == "text" && v["topic"] == "lk.transcription")
+        .collect();
+    eprintln!("transcriptions: {texts:?}");
+    let finals = |pred: &dyn Fn(&str) -> bool| {
+        texts.iter().any(|v| {
+            v["attributes"]["lk.transcription_final"] == "true"
+                && v["attributes"]["lk.segment_id"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+                && v["attributes"]["lk.transcribed_track_id"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("TR_"))
+                && v["text"].as_str().is_some_and(pred)
+        })
+    };
+    if !finals(&|t| t.contains("Paris")) {
+        return Err(err(format!(
+            "no final agent transcription with Paris: {texts:?}"
+        )));
+    }
+    if !finals(&|t| t.to_lowercase().contains("capital") || t.to_lowercase().contains("france")) {
+        return Err(err(format!(
+            "no final user transcription of the question: {texts:?}"
+        )));
+    }
+    let pcm = e2e_tests::read_wav(&recorded)?;
+    let env = e2e_tests::envelope(&pcm);
+    if e2e_tests::voiced(&env).is_none() {
+        return Err(err("the agent's audio is silent"));
+    }
+    if llm_requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Err(err("the LLM stand-in was never asked"));
+    }
+    let (_, metrics) = http_get(http_port, "/metrics").await?;
+    if !metrics.contains("voice_agent_sessions_total 1") {
+        return Err(err(format!("metrics: {metrics}")));
+    }
+
+    // SIGTERM: drain, leave, exit 0.
+    let pid = agent.id().ok_or_else(|| err("no pid"))?;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    if !status.success() {
+        return Err(err("kill -TERM failed"));
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .map_err(|_| err(format!("no exit after SIGTERM; log:\n{}", agent_log())))??;
+    if !exit.success() {
+        return Err(err(format!(
+            "exit {exit} after SIGTERM; log:\n{}",
+            agent_log()
+        )));
+    }
+    human.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
