@@ -28,6 +28,7 @@ pub struct Config {
     pub interruption: InterruptionConfig,
     pub session: SessionConfig,
     pub models: ModelsConfig,
+    pub worker: WorkerConfig,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             interruption: InterruptionConfig::default(),
             session: SessionConfig::default(),
             models: ModelsConfig::default(),
+            worker: WorkerConfig::default(),
         }
     }
 }
@@ -228,6 +230,42 @@ pub struct ModelsConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// `voice-agent start` / `dev` / `connect`: how the worker takes jobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Empty: automatic dispatch to every new room; else explicit dispatch
+    /// only. `LIVEKIT_AGENT_NAME` overrides it.
+    pub agent_name: String,
+    /// Sessions one process runs at most.
+    pub max_sessions: usize,
+    /// CPU load (0–1) at or above which the worker reports itself full.
+    pub load_threshold: f32,
+    /// Seconds running sessions get to finish after SIGTERM/SIGINT.
+    pub drain_timeout: f64,
+    /// Health (`/`) and metrics (`/metrics`) HTTP port; 0 disables it.
+    pub http_port: u16,
+    /// End the session when the user leaves the room.
+    pub end_on_user_leave: bool,
+    /// Local UDP addresses for media; empty: every interface (loopback only
+    /// when the server URL is on loopback).
+    pub udp_addrs: Vec<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            agent_name: String::new(),
+            max_sessions: 20,
+            load_threshold: 0.7,
+            drain_timeout: 600.0,
+            http_port: 8081,
+            end_on_user_leave: true,
+            udp_addrs: Vec::new(),
+        }
+    }
+}
+
 /// A config file and where it came from.
 pub struct Loaded {
     pub config: Config,
@@ -327,6 +365,22 @@ fn validate(c: &Config) -> anyhow::Result<()> {
             c.tts.output_sample_rate
         );
     }
+    if c.worker.max_sessions == 0 || c.worker.max_sessions > 10_000 {
+        bail!(
+            "key `worker.max_sessions`: {} is out of range (1 to 10000)",
+            c.worker.max_sessions
+        );
+    }
+    if !c.worker.load_threshold.is_finite()
+        || c.worker.load_threshold <= 0.0
+        || c.worker.load_threshold > 1.0
+    {
+        bail!(
+            "key `worker.load_threshold`: {} is out of range (above 0, at most 1)",
+            c.worker.load_threshold
+        );
+    }
+    check_seconds("worker.drain_timeout", c.worker.drain_timeout, 86_400.0)?;
     if c.session.max_tool_steps > 100 {
         bail!(
             "key `session.max_tool_steps`: {} is more than 100",
@@ -435,6 +489,25 @@ mod tests {
         let missing = dir.path().join("nope.toml");
         let msg = format!("{:#}", load(Some(&missing)).err().expect("missing"));
         assert!(msg.contains("nope.toml"), "{msg}");
+    }
+
+    #[test]
+    fn worker_section_parses_and_is_checked() {
+        let c = parse("[worker]\nagent_name = \"kimi\"\nmax_sessions = 3\nhttp_port = 9000\n")
+            .expect("valid");
+        assert_eq!(c.worker.agent_name, "kimi");
+        assert_eq!(c.worker.max_sessions, 3);
+        assert_eq!(c.worker.http_port, 9000);
+        assert!((c.worker.load_threshold - 0.7).abs() < 1e-6);
+        for (text, key) in [
+            ("[worker]\nmax_sessions = 0\n", "worker.max_sessions"),
+            ("[worker]\nload_threshold = 1.5\n", "worker.load_threshold"),
+            ("[worker]\ndrain_timeout = -1.0\n", "worker.drain_timeout"),
+            ("[worker]\nsessions = 2\n", "sessions"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains(key), "{text} → {msg}");
+        }
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //! - `main.rs`: commands and logging.
+//! - `serve`: `start`, `dev` and `connect` (the LiveKit worker), signals.
 //! - `config`: `agent-config/agent.toml`.
 //! - `stages`: config → the engines a session runs on.
 
 mod config;
+mod serve;
 mod stages;
 
 use std::path::PathBuf;
@@ -35,6 +37,20 @@ struct Cli {
 enum Command {
     /// Talk to the agent locally.
     Console(ConsoleArgs),
+    /// Run the worker for production (JSON logs): register with LiveKit
+    /// (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET) and take jobs.
+    Start,
+    /// Run the worker with readable logs.
+    Dev,
+    /// Join one room directly, minting a token from the API key and secret.
+    Connect {
+        /// The room to join.
+        #[arg(long)]
+        room: String,
+        /// The agent's participant identity.
+        #[arg(long, default_value = "voice-agent")]
+        identity: String,
+    },
     /// Fetch the local models (VAD, end of turn, STT, TTS, ONNX runtime).
     DownloadFiles {
         /// Cache directory (default: models.cache_dir, $VOICE_AGENT_CACHE, or ~/.cache/voice-agent).
@@ -65,13 +81,21 @@ struct ConsoleArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
+    let default_filter = match cli.command {
+        Command::Start | Command::Dev | Command::Connect { .. } => "info",
+        _ => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if matches!(cli.command, Command::Start) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,6 +120,8 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let config = loaded.config;
     match cli.command {
+        Command::Start | Command::Dev => serve::worker(&config).await,
+        Command::Connect { room, identity } => serve::connect(&config, &room, &identity).await,
         Command::DownloadFiles { cache_dir } => {
             let cache = stages::model_cache(cache_dir.or(config.models.cache_dir.clone()));
             eprintln!("model cache: {}", cache.root().display());
