@@ -617,3 +617,34 @@ pub async fn llm_stand_in(
     });
     Ok((format!("http://{addr}/v1"), count))
 }
+
+/// Like [`token`], with the room configuration asking for the agent `agent_name`
+/// to be dispatched when the room is created (explicit dispatch through a token).
+pub fn token_dispatching(
+    identity: &str,
+    room: &str,
+    agent_name: &str,
+) -> Result<String, HarnessError> {
+    livekit_api::access_token::AccessToken::with_api_key(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_name(identity)
+        .with_ttl(Duration::from_secs(3600))
+        .with_grants(livekit_api::access_token::VideoGrants {
+            room_join: true,
+            room: room.to_owned(),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            can_update_own_metadata: Some(true),
+            ..Default::default()
+        })
+        .with_room_config(livekit_protocol::RoomConfiguration {
+            agents: vec![livekit_protocol::RoomAgentDispatch {
+                agent_name: agent_name.to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .to_jwt()
+        .map_err(|e| HarnessError::Other(format!("token: {e}")))
+}

@@ -1,0 +1,140 @@
+//! Explicit dispatch: a `voice-agent dev` worker registered with an agent name
+//! (`LIVEKIT_AGENT_NAME`) is not sent to a room created without asking for it,
+//! and is sent to a room whose creator's token asks for that agent.
+
+use std::time::{Duration, Instant};
+
+use e2e_tests::{
+    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, free_port, http_get, init_logging,
+    llm_stand_in, token, token_dispatching, voice_agent_bin,
+};
+use tokio::process::Command;
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError::Other(msg.into())
+}
+
+fn agent_seen(seen: &[serde_json::Value]) -> Option<&serde_json::Value> {
+    seen.iter().find(|v| {
+        v["event"] == "participant"
+            && v["identity"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("agent-"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_worker_comes_only_when_dispatched() -> Result<(), HarnessError> {
+    init_logging();
+    let server = LiveKitServer::start().await?;
+    let (llm_url, _) = llm_stand_in("Hello.").await?;
+    let dir = std::env::temp_dir().join(format!("va-dispatch-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let http_port = free_port(false)?;
+    let config = format!(
+        "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\n\
+         [tts]\nengine = \"espeak\"\n[turn]\ndetector = \"none\"\n\
+         [worker]\nhttp_port = {http_port}\ndrain_timeout = 5.0\n"
+    );
+    let config_path = dir.join("agent.toml");
+    std::fs::write(&config_path, config)?;
+    let log_path = dir.join("agent.log");
+    let log = std::fs::File::create(&log_path)?;
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut agent = Command::new(voice_agent_bin()?)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("dev")
+        .env("LIVEKIT_URL", server.url())
+        .env("LIVEKIT_API_KEY", API_KEY)
+        .env("LIVEKIT_API_SECRET", API_SECRET)
+        .env("LIVEKIT_AGENT_NAME", "kimi-e2e")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(http_port, "/").await {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            return Err(err(format!(
+                "worker never became healthy; log:\n{}",
+                agent_log()
+            )));
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            return Err(err(format!(
+                "voice-agent exited ({status}); log:\n{}",
+                agent_log()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A room nobody asked the agent into: no agent within 6 s.
+    let mut plain = Human::spawn(
+        &server.url(),
+        &token("human", "no-dispatch")?,
+        &["--duration", "6"],
+    )
+    .await?;
+    plain.wait_event("done", Duration::from_secs(30)).await?;
+    if let Some(p) = agent_seen(&plain.seen) {
+        return Err(err(format!(
+            "agent joined a room it was not dispatched to: {p}"
+        )));
+    }
+
+    // A room whose token dispatches "kimi-e2e": the agent joins.
+    let mut asked = Human::spawn(
+        &server.url(),
+        &token_dispatching("human", "dispatch", "kimi-e2e")?,
+        &["--duration", "20"],
+    )
+    .await?;
+    asked.wait_event("ready", Duration::from_secs(30)).await?;
+    let joined = Instant::now();
+    let p = loop {
+        let p = asked
+            .wait_event("participant", Duration::from_secs(15))
+            .await
+            .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
+        if p["identity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("agent-"))
+        {
+            break p;
+        }
+    };
+    eprintln!(
+        "explicit dispatch: agent in the room after {:?}",
+        joined.elapsed()
+    );
+    // The attribute may arrive with the join or just after it.
+    let named = p["attributes"]["lk.agent.name"] == "kimi-e2e" || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = false;
+        while Instant::now() < deadline {
+            match asked.wait_event("attributes", Duration::from_secs(1)).await {
+                Ok(v) if v["attributes"]["lk.agent.name"] == "kimi-e2e" => {
+                    found = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        found
+    };
+    if !named {
+        return Err(err(format!(
+            "no lk.agent.name = kimi-e2e on the agent: {p}"
+        )));
+    }
+    asked.kill().await;
+    let _ = agent.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
