@@ -117,7 +117,7 @@ async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessErro
 
     // Everything the client saw up to the end of the recording.
     human
-        .wait_event("recorded", Duration::from_secs(40))
+        .wait_event("recorded", Duration::from_secs(60))
         .await
         .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
     let seen = human.seen.clone();

@@ -152,6 +152,10 @@ pub async fn run(
         let outcome = loop {
             tokio::select! {
                 ended = &mut session_task => {
+                    // Forward what the session said last (its final transcript).
+                    while let Ok(event) = events.try_recv() {
+                        bridge.session_event(event).await;
+                    }
                     break match ended {
                         Ok(()) => Ok(()),
                         Err(e) if e.is_panic() => Err(JobError::SessionPanicked),
