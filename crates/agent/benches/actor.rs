@@ -108,8 +108,14 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (commit, sentence) = runtime.block_on(async move {
         let mut handles = Vec::new();
-        for _ in 0..sessions {
-            handles.push(tokio::spawn(one_session(turns)));
+        for i in 0..sessions {
+            // Conversations start 10 ms apart, as they would in a real
+            // process, rather than all committing in the same millisecond.
+            let start = Duration::from_millis(10 * i as u64);
+            handles.push(tokio::spawn(async move {
+                tokio::time::sleep(start).await;
+                one_session(turns).await
+            }));
         }
         let mut commit = Vec::new();
         let mut sentence = Vec::new();

@@ -176,10 +176,17 @@ impl Resampler {
             let start = base + 1 - half;
             let window = &self.history[start..start + taps];
             let a = &self.table[phase * taps..(phase + 1) * taps];
-            let b = &self.table[(phase + 1) * taps..(phase + 2) * taps];
             let mut acc = 0f32;
-            for i in 0..taps {
-                acc += window[i] * (a[i] + (b[i] - a[i]) * mix);
+            if mix == 0.0 {
+                // On a tabulated phase (always, for integer ratios like 48k→16k).
+                for i in 0..taps {
+                    acc += window[i] * a[i];
+                }
+            } else {
+                let b = &self.table[(phase + 1) * taps..(phase + 2) * taps];
+                for i in 0..taps {
+                    acc += window[i] * (a[i] + (b[i] - a[i]) * mix);
+                }
             }
             out.push(acc.round().clamp(i16::MIN as f32, i16::MAX as f32) as i16);
             self.pos += self.step;
