@@ -99,8 +99,9 @@
 //! through pkg-config by `audiopus_sys`; nothing is downloaded) rather than the
 //! pure-Rust `opus-rs`: it is what every LiveKit client uses, so interoperability is
 //! not in question, and it is the fastest implementation available. Measured on the
-//! project's 2-core machine (best of 20 runs, 20 ms mono frames at 48 kHz, see
-//! `opus_enc::tests::complexity_cost`): encoding costs 60 µs at complexity 0, 110 µs
+//! project's 2-core machine (best of 20 runs, 20 ms mono frames at 48 kHz, with a
+//! one-off timing loop; the `rtc_streams` bench in `tests/` measures whole
+//! streams): encoding costs 60 µs at complexity 0, 110 µs
 //! at 3, 225 µs at 5, 360 µs at 7 and 400 µs at libopus's default 10; decoding costs
 //! 21 µs (to 16 kHz) to 30 µs (to 48 kHz). The encoder dominates a stream's CPU, so
 //! published tracks use complexity 5 ([`ConnectOptions::opus_complexity`]; libwebrtc

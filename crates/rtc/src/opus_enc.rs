@@ -107,44 +107,4 @@ mod tests {
             "bad frame size is an error"
         );
     }
-
-    /// Prints the encode cost per 20 ms frame at each complexity, and the decode cost
-    /// (best of 20 runs of 50 frames, to see through a busy machine):
-    /// `cargo test -p rtc@0.1.0 --release -- --ignored --nocapture complexity`.
-    #[test]
-    #[ignore]
-    fn complexity_cost() {
-        let frame = tone(960);
-        let mut out = [0u8; 1500];
-        let best = |f: &mut dyn FnMut()| {
-            (0..20)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..50 {
-                        f();
-                    }
-                    t.elapsed() / 50
-                })
-                .min()
-                .unwrap()
-        };
-        for c in [0, 3, 5, 7, 10] {
-            let mut enc = Encoder::new(48_000, c).unwrap();
-            let per = best(&mut || {
-                enc.encode(&frame, &mut out).unwrap();
-            });
-            eprintln!("encode complexity {c}: {per:?} per frame");
-        }
-        let mut enc = Encoder::new(48_000, 5).unwrap();
-        let n = enc.encode(&frame, &mut out).unwrap();
-        let packet = out[..n].to_vec();
-        for rate in [16_000, 48_000] {
-            let mut dec = opus::Decoder::new(rate, opus::Channels::Mono).unwrap();
-            let mut pcm = vec![0i16; 5760];
-            let per = best(&mut || {
-                dec.decode(&packet, &mut pcm, false).unwrap();
-            });
-            eprintln!("decode to {rate} Hz: {per:?} per frame");
-        }
-    }
 }
