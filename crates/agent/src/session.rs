@@ -651,6 +651,9 @@ impl Actor {
             events: self.reply_tx.clone(),
         };
         let task = tokio::spawn(reply::run(job));
+        // Let the reply start its LLM request before this task goes on with
+        // other work: the spawned task runs next on this worker.
+        tokio::task::yield_now().await;
         self.reply = Some(ActiveReply {
             id,
             task,
