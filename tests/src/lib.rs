@@ -648,3 +648,83 @@ pub fn token_dispatching(
         .to_jwt()
         .map_err(|e| HarnessError::Other(format!("token: {e}")))
 }
+
+/// A real `voice-agent dev` process, registered with `server` and healthy:
+/// the LLM is the stand-in at `llm_url`, speech is local (whisper, espeak-ng),
+/// turns end on silence alone. Killed when dropped.
+pub struct AgentProcess {
+    pub child: Child,
+    /// Its health and metrics port.
+    pub http_port: u16,
+    /// Scratch directory holding its config and log.
+    pub dir: PathBuf,
+    /// Everything it wrote to stdout and stderr.
+    pub log_path: PathBuf,
+}
+
+impl AgentProcess {
+    /// Writes the config, starts the process with `env` added, and waits
+    /// (up to 90 s) until its health check answers 200.
+    pub async fn start(
+        server: &LiveKitServer,
+        name: &str,
+        llm_url: &str,
+        drain_timeout_s: f64,
+        env: &[(&str, &str)],
+    ) -> Result<Self, HarnessError> {
+        let dir = std::env::temp_dir().join(format!("va-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let http_port = free_port(false)?;
+        let config = format!(
+            "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\nmax_retries = 0\n\
+             [tts]\nengine = \"espeak\"\n\
+             [turn]\ndetector = \"none\"\n\
+             [worker]\nhttp_port = {http_port}\ndrain_timeout = {drain_timeout_s:?}\n"
+        );
+        let config_path = dir.join("agent.toml");
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(voice_agent_bin()?)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("dev")
+            .env("LIVEKIT_URL", server.url())
+            .env("LIVEKIT_API_KEY", API_KEY)
+            .env("LIVEKIT_API_SECRET", API_SECRET)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        // Healthy once registered (stages load first: whisper, espeak).
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(http_port, "/").await {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                return Err(HarnessError::Other(format!(
+                    "worker never became healthy; log:\n{}",
+                    read_log()
+                )));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(HarnessError::Other(format!(
+                    "voice-agent exited ({status}); log:\n{}",
+                    read_log()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("worker registered after {:?}", started.elapsed());
+        Ok(Self {
+            child,
+            http_port,
+            dir,
+            log_path,
+        })
+    }
+}

@@ -8,11 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::{
-    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, espeak, free_port, http_get,
-    init_logging, llm_stand_in, token, voice_agent_bin,
-};
 use tokio::process::Command;
+
+use e2e_tests::{
+    AgentProcess, HarnessError, Human, LiveKitServer, espeak, http_get, init_logging, llm_stand_in,
+    token,
+};
 
 const REPLY: &str = "The capital of France is Paris. It is a lovely city.";
 
@@ -25,54 +26,13 @@ async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessErro
     init_logging();
     let server = LiveKitServer::start().await?;
     let (llm_url, llm_requests) = llm_stand_in(REPLY).await?;
-    let dir = std::env::temp_dir().join(format!("va-worker-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let http_port = free_port(false)?;
-    let config = format!(
-        "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\nmax_retries = 0\n\
-         [tts]\nengine = \"espeak\"\n\
-         [turn]\ndetector = \"none\"\n\
-         [worker]\nhttp_port = {http_port}\ndrain_timeout = 20.0\n"
-    );
-    let config_path = dir.join("agent.toml");
-    std::fs::write(&config_path, config)?;
-    let log_path = dir.join("agent.log");
-    let log = std::fs::File::create(&log_path)?;
+    let AgentProcess {
+        child: mut agent,
+        http_port,
+        dir,
+        log_path,
+    } = AgentProcess::start(&server, "worker-e2e", &llm_url, 20.0, &[]).await?;
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut agent = Command::new(voice_agent_bin()?)
-        .arg("--config")
-        .arg(&config_path)
-        .arg("dev")
-        .env("LIVEKIT_URL", server.url())
-        .env("LIVEKIT_API_KEY", API_KEY)
-        .env("LIVEKIT_API_SECRET", API_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-
-    // Healthy once registered (stages load first: whisper, espeak).
-    let started = Instant::now();
-    loop {
-        if let Ok((200, _)) = http_get(http_port, "/").await {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(90) {
-            return Err(err(format!(
-                "worker never became healthy; log:\n{}",
-                agent_log()
-            )));
-        }
-        if let Ok(Some(status)) = agent.try_wait() {
-            return Err(err(format!(
-                "voice-agent exited ({status}); log:\n{}",
-                agent_log()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("worker registered after {:?}", started.elapsed());
 
     let question = dir.join("question.wav");
     espeak("What is the capital of France?", &question).await?;

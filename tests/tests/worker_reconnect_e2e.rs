@@ -5,10 +5,8 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, free_port, http_get, init_logging,
-    llm_stand_in, token, voice_agent_bin,
+    AgentProcess, HarnessError, Human, LiveKitServer, http_get, init_logging, llm_stand_in, token,
 };
-use tokio::process::Command;
 
 fn err(msg: impl Into<String>) -> HarnessError {
     HarnessError::Other(msg.into())
@@ -32,50 +30,13 @@ async fn worker_registers_again_after_server_restart() -> Result<(), HarnessErro
     init_logging();
     let mut server = LiveKitServer::start().await?;
     let (llm_url, _) = llm_stand_in("Hello.").await?;
-    let dir = std::env::temp_dir().join(format!("va-reconnect-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let http_port = free_port(false)?;
-    let config = format!(
-        "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\n\
-         [tts]\nengine = \"espeak\"\n[turn]\ndetector = \"none\"\n\
-         [worker]\nhttp_port = {http_port}\ndrain_timeout = 5.0\n"
-    );
-    let config_path = dir.join("agent.toml");
-    std::fs::write(&config_path, config)?;
-    let log_path = dir.join("agent.log");
-    let log = std::fs::File::create(&log_path)?;
+    let AgentProcess {
+        child: mut agent,
+        http_port,
+        dir,
+        log_path,
+    } = AgentProcess::start(&server, "reconnect-e2e", &llm_url, 5.0, &[]).await?;
     let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut agent = Command::new(voice_agent_bin()?)
-        .arg("--config")
-        .arg(&config_path)
-        .arg("dev")
-        .env("LIVEKIT_URL", server.url())
-        .env("LIVEKIT_API_KEY", API_KEY)
-        .env("LIVEKIT_API_SECRET", API_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let started = Instant::now();
-    loop {
-        if let Ok((200, _)) = http_get(http_port, "/").await {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(90) {
-            return Err(err(format!(
-                "worker never became healthy; log:\n{}",
-                agent_log()
-            )));
-        }
-        if let Ok(Some(status)) = agent.try_wait() {
-            return Err(err(format!(
-                "voice-agent exited ({status}); log:\n{}",
-                agent_log()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // Kill first and see the worker notice, then bring the server back.
     server.kill().await?;
