@@ -79,6 +79,20 @@ async fn join(
     Ok(rtc::connect(&server.url(), &t, options()).await?)
 }
 
+/// The envelope of `got` matches `reference` (correlation, voiced duration).
+fn assert_same_speech(label: &str, reference: &Pcm, got: &Pcm, detail: &str) {
+    let (corr, got_s, ref_s) = match_speech(reference, got, 30);
+    eprintln!("{label}: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, {detail}");
+    assert!(
+        corr > MIN_CORRELATION,
+        "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}"
+    );
+    assert!(
+        (got_s - ref_s).abs() <= MAX_DURATION_DIFF_S,
+        "voiced {got_s:.3}s vs {ref_s:.3}s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
     let _g = SERIAL.lock().await;
@@ -134,19 +148,8 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
         sample_rate: 48_000,
     };
     write_wav(&tmp("in-received.wav"), &got)?;
-    let (corr, got_s, ref_s) = match_speech(&reference, &got, 30);
-    eprintln!(
-        "received: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, dropped {}",
-        stream.dropped_frames()
-    );
-    assert!(
-        corr > MIN_CORRELATION,
-        "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}"
-    );
-    assert!(
-        (got_s - ref_s).abs() <= MAX_DURATION_DIFF_S,
-        "voiced {got_s:.3}s vs {ref_s:.3}s"
-    );
+    let dropped = format!("dropped {}", stream.dropped_frames());
+    assert_same_speech("received", &reference, &got, &dropped);
     room.close().await?;
     human.kill().await;
     Ok(())
@@ -202,17 +205,8 @@ async fn we_publish_speech_and_python_records_it() -> R {
         .await?;
     eprintln!("python recorded {recorded}");
     let got = read_wav(&rec)?;
-    let (corr, got_s, ref_s) = match_speech(&reference, &got, 30);
-    let stats = track.stats();
-    eprintln!("sent: correlation {corr:.3}, voiced {got_s:.3}s vs {ref_s:.3}s, pacer {stats:?}");
-    assert!(
-        corr > MIN_CORRELATION,
-        "envelope correlation {corr:.3} ≤ {MIN_CORRELATION}"
-    );
-    assert!(
-        (got_s - ref_s).abs() <= MAX_DURATION_DIFF_S,
-        "voiced {got_s:.3}s vs {ref_s:.3}s"
-    );
+    let pacer = format!("pacer {:?}", track.stats());
+    assert_same_speech("sent", &reference, &got, &pacer);
     room.close().await?;
     human.kill().await;
     Ok(())
