@@ -264,31 +264,16 @@ pub(crate) async fn connect(
     let connect_timeout = options.connect_timeout;
     let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(1));
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let mut engine = Engine {
-        url: url.to_owned(),
-        token: token.to_owned(),
+    let mut engine = Engine::new(
+        url.to_owned(),
+        token.to_owned(),
         options,
         cmd_rx,
-        events: events_tx,
-        internal_tx,
-        internal_rx,
-        session: None,
-        next_generation: 0,
-        local: Participant::default(),
-        participants: HashMap::new(),
-        subscribed: HashMap::new(),
-        published_by: HashMap::new(),
-        published: Vec::new(),
-        pending_publish: HashMap::new(),
-        pending_data: VecDeque::new(),
-        assembler: StreamAssembler::default(),
-        sequencer: Sequencer::default(),
-        request_id: 0,
-        ready: Some(ready_tx),
-        deferred: VecDeque::new(),
-    };
+        events_tx,
+        INTERNAL_CAPACITY,
+        Some(ready_tx),
+    );
     let join = tokio::time::timeout(connect_timeout, engine.join(false))
         .await
         .map_err(|_| RtcError::Timeout {
@@ -1298,13 +1283,34 @@ impl Engine {
     /// A dead engine to leave behind after `finish` consumed the real one.
     fn empty_clone(&self) -> Engine {
         let (_tx, cmd_rx) = mpsc::channel(1);
-        let (internal_tx, internal_rx) = mpsc::channel(1);
-        Engine {
-            url: String::new(),
-            token: String::new(),
-            options: self.options.clone(),
+        Engine::new(
+            String::new(),
+            String::new(),
+            self.options.clone(),
             cmd_rx,
-            events: self.events.clone(),
+            self.events.clone(),
+            1,
+            None,
+        )
+    }
+
+    /// An engine with no session yet.
+    fn new(
+        url: String,
+        token: String,
+        options: ConnectOptions,
+        cmd_rx: mpsc::Receiver<Command>,
+        events: mpsc::Sender<RoomEvent>,
+        internal_capacity: usize,
+        ready: Option<oneshot::Sender<()>>,
+    ) -> Engine {
+        let (internal_tx, internal_rx) = mpsc::channel(internal_capacity);
+        Engine {
+            url,
+            token,
+            options,
+            cmd_rx,
+            events,
             internal_tx,
             internal_rx,
             session: None,
@@ -1319,7 +1325,7 @@ impl Engine {
             assembler: StreamAssembler::default(),
             sequencer: Sequencer::default(),
             request_id: 0,
-            ready: None,
+            ready,
             deferred: VecDeque::new(),
         }
     }
