@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use agent::{StageError, TurnDetector, TurnInput};
 use async_trait::async_trait;
+use ort::session::Session;
 use ort::value::Tensor;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
@@ -73,43 +74,33 @@ impl SmartTurn {
     pub async fn predict(&self, audio: Arc<[f32]>) -> Result<f32, SpeechError> {
         let mut slot = self.pool.acquire().await?;
         let mel = self.mel.clone();
-        tokio::task::spawn_blocking(move || {
-            let features = mel.features(&audio);
-            let session = slot.session()?;
-            let input = Tensor::from_array(([1usize, N_MELS, N_FRAMES], features))
-                .map_err(|e| onnx::ort_error(ENGINE, e))?;
-            let outputs = session
-                .run(ort::inputs!["input_features" => input])
-                .map_err(|e| onnx::ort_error(ENGINE, e))?;
-            let (_, p) = outputs[0]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| onnx::ort_error(ENGINE, e))?;
-            p.first()
-                .map(|p| p.clamp(0.0, 1.0))
-                .ok_or_else(|| onnx::ort_error(ENGINE, "empty output"))
-        })
-        .await
-        .map_err(|e| onnx::ort_error(ENGINE, e))?
+        tokio::task::spawn_blocking(move || infer(&mel, slot.session()?, &audio))
+            .await
+            .map_err(|e| onnx::ort_error(ENGINE, e))?
     }
 
     /// The blocking form of [`predict`](Self::predict), for benchmarks and
     /// callers on their own threads.
     pub fn predict_blocking(&self, audio: &[f32]) -> Result<f32, SpeechError> {
         let mut slot = self.pool.acquire_blocking()?;
-        let features = self.mel.features(audio);
-        let session = slot.session()?;
-        let input = Tensor::from_array(([1usize, N_MELS, N_FRAMES], features))
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        let outputs = session
-            .run(ort::inputs!["input_features" => input])
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        let (_, p) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| onnx::ort_error(ENGINE, e))?;
-        p.first()
-            .map(|p| p.clamp(0.0, 1.0))
-            .ok_or_else(|| onnx::ort_error(ENGINE, "empty output"))
+        infer(&self.mel, slot.session()?, audio)
     }
+}
+
+/// Features, then one inference: the probability that the turn is over.
+fn infer(mel: &LogMel, session: &mut Session, audio: &[f32]) -> Result<f32, SpeechError> {
+    let features = mel.features(audio);
+    let input = Tensor::from_array(([1usize, N_MELS, N_FRAMES], features))
+        .map_err(|e| onnx::ort_error(ENGINE, e))?;
+    let outputs = session
+        .run(ort::inputs!["input_features" => input])
+        .map_err(|e| onnx::ort_error(ENGINE, e))?;
+    let (_, p) = outputs[0]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| onnx::ort_error(ENGINE, e))?;
+    p.first()
+        .map(|p| p.clamp(0.0, 1.0))
+        .ok_or_else(|| onnx::ort_error(ENGINE, "empty output"))
 }
 
 #[async_trait]
