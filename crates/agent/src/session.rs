@@ -208,18 +208,17 @@ struct TurnAudio {
 impl TurnAudio {
     fn push(&mut self, frame: &[i16]) {
         let cap = TURN_AUDIO_RATE as usize * TURN_AUDIO_SECONDS;
-        for &s in frame {
-            if self.samples.len() == cap {
-                self.samples.pop_front();
-            }
-            self.samples.push_back(s as f32 / 32768.0);
-        }
+        self.samples
+            .extend(frame.iter().map(|&s| s as f32 / 32768.0));
+        let excess = self.samples.len().saturating_sub(cap);
+        self.samples.drain(..excess);
     }
 }
 
-/// What the input task tells the session.
-enum Heard {
-    Vad { event: VadEvent, at: Instant },
+/// What the input task tells the session: a VAD event, at session time.
+struct Heard {
+    event: VadEvent,
+    at: Instant,
 }
 
 struct ActiveReply {
@@ -481,7 +480,7 @@ async fn listen(
             let at = now
                 .checked_sub(position.saturating_sub(stream_at))
                 .unwrap_or(now);
-            if heard.send(Heard::Vad { event, at }).await.is_err() {
+            if heard.send(Heard { event, at }).await.is_err() {
                 return;
             }
         }
@@ -496,7 +495,7 @@ impl Actor {
     }
 
     fn on_heard(&mut self, heard: Heard) {
-        let Heard::Vad { event, at } = heard;
+        let Heard { event, at } = heard;
         let input = match event {
             VadEvent::SpeechStarted { .. } => Input::SpeechStarted { at },
             VadEvent::SpeechProgress { voiced } => Input::SpeechProgress { voiced },
