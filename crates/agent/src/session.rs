@@ -11,14 +11,22 @@
 //! - the STT stream's task: ends when the input task drops its sender;
 //! - the reply task: aborted on interruption or when the session ends;
 //! - end-of-turn predictions: aborted when stale or when the session ends.
+//!
+//! A panic in a child task (a stage implementation's bug) ends the session:
+//! the children are stopped, then the panic is resumed on the session task, so
+//! whoever owns it (a worker job) sees a panicked task and fails that one job.
 
+use std::any::Any;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::audio::{AudioFrame, FrameConverter, duration_of};
 use crate::chat::{ChatContext, ChatMessage, ToolSet};
@@ -221,6 +229,24 @@ struct Heard {
     at: Instant,
 }
 
+/// A child task's panic payload, carried to the session task.
+type Panic = Box<dyn Any + Send>;
+
+/// Spawns a child of the session whose panic is reported on `panics` instead
+/// of vanishing with its `JoinHandle`.
+fn spawn_child(
+    panics: &mpsc::Sender<Panic>,
+    child: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let panics = panics.clone();
+    tokio::spawn(async move {
+        if let Err(payload) = AssertUnwindSafe(child).catch_unwind().await {
+            // One report is enough to end the session.
+            let _ = panics.try_send(payload);
+        }
+    })
+}
+
 struct ActiveReply {
     id: ReplyId,
     task: JoinHandle<()>,
@@ -250,6 +276,7 @@ struct Actor {
     eou_task: Option<JoinHandle<()>>,
     turn_audio: Arc<Mutex<TurnAudio>>,
     draining: Option<oneshot::Sender<()>>,
+    panics: mpsc::Sender<Panic>,
 }
 
 async fn run(
@@ -263,6 +290,7 @@ async fn run(
     let (reply_tx, mut reply_rx) = mpsc::channel(64);
     let (eou_tx, mut eou_rx) = mpsc::channel(4);
     let (heard_tx, mut heard_rx) = mpsc::channel::<Heard>(64);
+    let (panic_tx, mut panic_rx) = mpsc::channel::<Panic>(1);
     let turn_audio = Arc::new(Mutex::new(TurnAudio {
         samples: VecDeque::new(),
     }));
@@ -289,14 +317,17 @@ async fn run(
     }
     let input_task = match (audio.input, &stages.vad) {
         (Some(input), Some(vad)) => match vad.create() {
-            Ok(model) => Some(tokio::spawn(listen(
-                input,
-                VoiceDetector::new(model, options.vad.clone()),
-                stt_input,
-                turn_audio.clone(),
-                heard_tx,
-                clock.clone(),
-            ))),
+            Ok(model) => Some(spawn_child(
+                &panic_tx,
+                listen(
+                    input,
+                    VoiceDetector::new(model, options.vad.clone()),
+                    stt_input,
+                    turn_audio.clone(),
+                    heard_tx,
+                    clock.clone(),
+                ),
+            )),
             Err(error) => {
                 let _ = events
                     .send(SessionEvent::Error {
@@ -327,10 +358,12 @@ async fn run(
         eou_task: None,
         turn_audio,
         draining: None,
+        panics: panic_tx,
     };
     actor.machine.start();
     actor.apply_actions().await;
 
+    let mut panicked = None;
     loop {
         let deadline = actor.machine.poll_timeout();
         let has_output = actor.output.is_some();
@@ -363,6 +396,11 @@ async fn run(
             Some((seq, result)) = eou_rx.recv() => actor.on_end_of_turn(clock.now(), seq, result).await,
             event = playback_event(&actor.output), if has_output => actor.on_playback(clock.now(), event).await,
             _ = sleep_opt(&clock, deadline) => actor.machine.handle_timeout(clock.now()),
+            Some(payload) = panic_rx.recv() => {
+                error!("a stage panicked: ending the session");
+                panicked = Some(payload);
+                break;
+            }
         }
         actor.apply_actions().await;
         if actor.draining.is_some() && actor.reply.is_none() {
@@ -384,6 +422,9 @@ async fn run(
         let _ = task.await;
     }
     drop(stt_events);
+    if let Some(payload) = panicked {
+        std::panic::resume_unwind(payload);
+    }
     if let Some(done) = actor.draining.take() {
         let _ = done.send(());
     }
@@ -614,7 +655,7 @@ impl Actor {
             .map(|b| b.samples.iter().copied().collect())
             .unwrap_or_else(|_| Arc::from(Vec::new()));
         let tx = self.eou_tx.clone();
-        self.eou_task = Some(tokio::spawn(async move {
+        self.eou_task = Some(spawn_child(&self.panics, async move {
             let result = detector
                 .end_of_turn_probability(TurnInput { chat, audio })
                 .await;
@@ -649,7 +690,7 @@ impl Actor {
             clock: self.options.clock.clone(),
             events: self.reply_tx.clone(),
         };
-        let task = tokio::spawn(reply::run(job));
+        let task = spawn_child(&self.panics, reply::run(job));
         // Let the reply start its LLM request before this task goes on with
         // other work: the spawned task runs next on this worker.
         tokio::task::yield_now().await;

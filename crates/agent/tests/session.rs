@@ -755,3 +755,94 @@ async fn typed_turn_streams_text_and_drain_waits_for_the_reply() {
     assert_eq!(req.messages[0].role, Role::System);
     assert_eq!(req.messages[0].content, "Be brief.");
 }
+
+/// A stage with a bug: panics when asked for a completion.
+struct PanickingLlm;
+
+#[async_trait]
+impl Llm for PanickingLlm {
+    async fn chat(&self, _request: LlmRequest) -> Result<LlmStream, StageError> {
+        panic!("bug in an LLM stage");
+    }
+}
+
+/// Panics on the first loud frame.
+struct PanickingVad;
+
+impl VadModel for PanickingVad {
+    fn sample_rate(&self) -> u32 {
+        RATE
+    }
+    fn frame_len(&self) -> usize {
+        320
+    }
+    fn score(&mut self, frame: &[i16]) -> f32 {
+        assert!(frame.iter().all(|&s| s == 0), "bug in a VAD stage");
+        0.0
+    }
+    fn reset(&mut self) {}
+}
+
+impl VadFactory for PanickingVad {
+    fn create(&self) -> Result<Box<dyn VadModel>, StageError> {
+        Ok(Box::new(PanickingVad))
+    }
+}
+
+/// A panic in a child task (the reply's LLM call, the input task's VAD) ends
+/// the session as a panic on its own task, with every child stopped, instead
+/// of leaving a session stuck thinking or deaf.
+#[tokio::test]
+async fn a_panicking_stage_ends_the_session_as_a_panic() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for (llm, vad) in [
+        (
+            Arc::new(PanickingLlm) as Arc<dyn Llm>,
+            Arc::new(EnergyVad) as Arc<dyn VadFactory>,
+        ),
+        (
+            Arc::new(ScriptedLlm::new(vec![])) as Arc<dyn Llm>,
+            Arc::new(PanickingVad) as Arc<dyn VadFactory>,
+        ),
+    ] {
+        let (mic_tx, mic_rx) = mpsc::channel(8);
+        let (writer, control, _reader) = playout(RATE, 64);
+        let (handle, _events, task) = session::start(
+            Stages {
+                llm,
+                stt: Some(Arc::new(ScriptedStt {
+                    script: Default::default(),
+                    lag: ms(10),
+                    interim_after: None,
+                })),
+                tts: Some(Arc::new(WordTts::default())),
+                vad: Some(vad),
+                turn_detector: None,
+                tools: ToolSet::new(),
+            },
+            SessionOptions::default(),
+            AudioIo {
+                input: Some(mic_rx),
+                output: Some((writer, control)),
+            },
+        );
+        handle.user_text("hello").await.expect("alive");
+        mic_tx
+            .send(AudioFrame::new(vec![8000i16; 320], RATE, 1))
+            .await
+            .expect("input open");
+        let ended = tokio::time::timeout(ms(2000), task)
+            .await
+            .expect("the session ends although a handle is still held");
+        assert!(ended.is_err_and(|e| e.is_panic()));
+        drop(handle);
+    }
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() == before {
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
+}
