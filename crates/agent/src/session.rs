@@ -797,20 +797,27 @@ impl Actor {
                 m.cached_tokens += u.cached_tokens;
             }
             ReplyEvent::Failed { error } => {
-                let text = reply.text.clone();
-                reply.generated = Some(text.clone());
+                // Nothing said yet: the reply speaks the apology instead, and
+                // that is what the user hears, sees and the history keeps.
+                let apology = reply.text.is_empty() && !self.options.error_message.is_empty();
+                let said = if apology {
+                    self.options.error_message.clone()
+                } else {
+                    reply.text.clone()
+                };
+                reply.generated = Some(said.clone());
                 self.emit(SessionEvent::Error {
                     stage: "llm",
                     error,
                 })
                 .await;
+                if apology {
+                    let delta = said.clone();
+                    self.emit(SessionEvent::AgentText { reply: id, delta })
+                        .await;
+                }
                 if self.output.is_none() {
-                    if text.is_empty() && !self.options.error_message.is_empty() {
-                        let delta = self.options.error_message.clone();
-                        self.emit(SessionEvent::AgentText { reply: id, delta })
-                            .await;
-                    }
-                    self.finish_reply(text, false).await;
+                    self.finish_reply(said, false).await;
                 }
             }
             ReplyEvent::Generated { text } => {

@@ -645,7 +645,14 @@ async fn llm_failure_is_survived_and_the_user_is_told() {
         SessionEvent::Error { stage: "llm", error } if error.kind == ErrorKind::Server
     )));
     let segments = r.tts.segments.lock().unwrap().clone();
-    assert_eq!(segments[0].1, SessionOptions::default().error_message);
+    let apology = SessionOptions::default().error_message;
+    assert_eq!(segments[0].1, apology);
+    // What the user heard is what the transcript and the history say.
+    assert!(r.events.iter().any(|(_, e)| matches!(
+        e,
+        SessionEvent::AgentSpoke { reply: 1, text, interrupted: false } if *text == apology
+    )));
+    assert_eq!(r.assistant_messages()[0].content, apology);
     assert_eq!(r.request_times(), vec![2500, 6500]);
     let assistant = r.assistant_messages();
     assert_eq!(
