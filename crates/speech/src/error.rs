@@ -30,6 +30,54 @@ pub enum SpeechError {
     /// digest mismatch).
     #[error("download of {package} failed: {reason}")]
     Download { package: String, reason: String },
+    /// A cloud engine has no credentials. Names the variables, never values.
+    #[error("missing credentials for {service}: set {vars}")]
+    MissingCredentials { service: &'static str, vars: String },
+    /// A cloud service refused our credentials (HTTP 401/403 at the
+    /// websocket upgrade, or an error event saying so).
+    #[error("{service}: authentication failed (HTTP {status}): {message}")]
+    Auth {
+        service: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// A cloud service throttled us (HTTP 429).
+    #[error("{service}: rate limited: {message}")]
+    RateLimit {
+        service: &'static str,
+        message: String,
+    },
+    /// A cloud service refused the request as it stands (other 4xx).
+    #[error("{service}: request rejected (HTTP {status}): {message}")]
+    BadRequest {
+        service: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// A cloud service failed (HTTP 5xx, or an `error` event).
+    #[error("{service}: server error: {message}")]
+    Server {
+        service: &'static str,
+        message: String,
+    },
+    /// A cloud service sent something we cannot read.
+    #[error("{service}: protocol error: {message}")]
+    Protocol {
+        service: &'static str,
+        message: String,
+    },
+    /// The connection could not be opened, or broke.
+    #[error("{service}: connection failed: {message}")]
+    Connection {
+        service: &'static str,
+        message: String,
+    },
+    /// Connecting, or waiting for an answer, took longer than allowed.
+    #[error("{service}: timed out: {message}")]
+    Timeout {
+        service: &'static str,
+        message: String,
+    },
 }
 
 impl From<SpeechError> for StageError {
@@ -40,6 +88,14 @@ impl From<SpeechError> for StageError {
             | SpeechError::Config(_)
             | SpeechError::Download { .. } => ErrorKind::Config,
             SpeechError::Io { .. } | SpeechError::Engine { .. } => ErrorKind::Engine,
+            SpeechError::MissingCredentials { .. } => ErrorKind::Config,
+            SpeechError::Auth { .. } => ErrorKind::Auth,
+            SpeechError::RateLimit { .. } => ErrorKind::RateLimit,
+            SpeechError::BadRequest { .. } => ErrorKind::BadRequest,
+            SpeechError::Server { .. } => ErrorKind::Server,
+            SpeechError::Protocol { .. } => ErrorKind::Protocol,
+            SpeechError::Connection { .. } => ErrorKind::Connection,
+            SpeechError::Timeout { .. } => ErrorKind::Timeout,
         };
         StageError::new(kind, e.to_string())
     }

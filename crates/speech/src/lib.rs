@@ -12,11 +12,15 @@
 //! - [`espeak_tts`]: espeak-ng TTS.
 //! - `tts_stream`: the streaming/cancel machinery the local TTS engines share.
 //! - [`whisper`]: local whisper tiny.en STT (CTranslate2 weights on candle).
+//! - [`inference`]: LiveKit Inference STT and TTS (the gateway's websockets).
+//! - [`fallback`]: a primary engine with a local fallback, per stage.
 
 pub mod earshot_vad;
 pub mod error;
 pub mod espeak;
 pub mod espeak_tts;
+pub mod fallback;
+pub mod inference;
 pub mod models;
 pub mod onnx;
 pub mod piper;
@@ -28,6 +32,10 @@ pub mod whisper;
 pub use earshot_vad::{EarshotVad, EarshotVadFactory};
 pub use error::SpeechError;
 pub use espeak_tts::{EspeakTts, EspeakVoice};
+pub use fallback::{FallbackStt, FallbackTts};
+pub use inference::{
+    InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts, InferenceTtsOptions,
+};
 pub use models::{ModelCache, ModelFile};
 pub use piper::PiperTts;
 pub use silero::{SileroVad, SileroVadFactory};
