@@ -32,6 +32,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc_core::media::Sample;
 
 use crate::RtcError;
+use crate::pacer::{AtomicHistogram, CadenceHistogram, Schedule};
 
 /// Sample rates Opus encodes from and decodes to natively.
 pub const OPUS_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
@@ -85,6 +86,10 @@ struct Queued {
 }
 
 /// Pacing statistics of a published track, for benchmarks and health.
+///
+/// A frame *leaves* when the pacer has encoded it and handed it to the RTP sender
+/// (when connected; otherwise it is paced and dropped). Its lateness is how long after
+/// its slot on the 20 ms grid that was.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PacerStats {
     /// Frames paced (encoded, and handed to the RTP sender when connected).
@@ -95,6 +100,13 @@ pub struct PacerStats {
     pub max_lateness_us: u64,
     /// Sum of lateness, microseconds (divide by `frames_sent` for the mean).
     pub total_lateness_us: u64,
+    /// Slots skipped because the pacer was more than 60 ms behind (CPU starvation).
+    pub slots_skipped: u64,
+    /// Lateness of every frame behind its grid slot.
+    pub lateness: CadenceHistogram,
+    /// How far each interval between two consecutive frames leaving was from 20 ms
+    /// (absolute): the send jitter.
+    pub interval_deviation: CadenceHistogram,
 }
 
 #[derive(Default)]
@@ -103,6 +115,9 @@ struct SharedStats {
     frames_with_audio: AtomicU64,
     max_lateness_us: AtomicU64,
     total_lateness_us: AtomicU64,
+    slots_skipped: AtomicU64,
+    lateness: AtomicHistogram,
+    interval_deviation: AtomicHistogram,
 }
 
 /// A published audio track fed with PCM. Dropping every clone stops its pacer.
@@ -146,7 +161,8 @@ impl LocalAudioTrack {
     }
 
     /// Queue a frame for playout. Waits while the queue is full (about
-    /// 100 ms of audio ahead), so the caller is paced to real time.
+    /// 100 ms of audio ahead), so the caller is paced to real time. Cancel-safe:
+    /// dropped while waiting, nothing is queued.
     pub async fn capture_frame(&self, frame: AudioFrame) -> Result<(), RtcError> {
         if frame.sample_rate != self.sample_rate {
             return Err(RtcError::InvalidArgument(format!(
@@ -157,16 +173,17 @@ impl LocalAudioTrack {
         if frame.data.is_empty() {
             return Ok(());
         }
-        let n = frame.data.len();
-        self.queued_samples.fetch_add(n, Ordering::Relaxed);
-        let q = Queued {
-            generation: self.generation.load(Ordering::Acquire),
+        // Wait for room first, and count the samples only once they are certain to be
+        // queued: a caller may drop this future while it waits (`select!`, abort).
+        // A call already waiting when `clear_queue` runs counts as queued before it.
+        let generation = self.generation.load(Ordering::Acquire);
+        let permit = self.tx.reserve().await.map_err(|_| RtcError::Closed)?;
+        self.queued_samples
+            .fetch_add(frame.data.len(), Ordering::Relaxed);
+        permit.send(Queued {
+            generation,
             samples: frame.data,
-        };
-        if self.tx.send(q).await.is_err() {
-            self.queued_samples.fetch_sub(n, Ordering::Relaxed);
-            return Err(RtcError::Closed);
-        }
+        });
         Ok(())
     }
 
@@ -189,6 +206,9 @@ impl LocalAudioTrack {
             frames_with_audio: self.stats.frames_with_audio.load(Ordering::Relaxed),
             max_lateness_us: self.stats.max_lateness_us.load(Ordering::Relaxed),
             total_lateness_us: self.stats.total_lateness_us.load(Ordering::Relaxed),
+            slots_skipped: self.stats.slots_skipped.load(Ordering::Relaxed),
+            lateness: self.stats.lateness.snapshot(),
+            interval_deviation: self.stats.interval_deviation.snapshot(),
         }
     }
 }
@@ -206,6 +226,18 @@ pub(crate) fn spawn_local_track(
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, JoinHandle<()>), RtcError> {
+    let (track, pacer) = new_local_track(complexity, sid, name, sample_rate, sink)?;
+    let handle = tokio::spawn(pacer.run());
+    Ok((track, handle))
+}
+
+fn new_local_track(
+    complexity: i32,
+    sid: String,
+    name: String,
+    sample_rate: u32,
+    sink: watch::Receiver<Option<RtpSink>>,
+) -> Result<(LocalAudioTrack, Pacer), RtcError> {
     check_rate(sample_rate)?;
     let encoder = crate::opus_enc::Encoder::new(sample_rate, complexity)?;
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
@@ -228,9 +260,24 @@ pub(crate) fn spawn_local_track(
         frame_len: sample_rate as usize / 50,
         encoder,
         sink,
+        #[cfg(test)]
+        probe: None,
     };
-    let handle = tokio::spawn(pacer.run());
-    Ok((track, handle))
+    Ok((track, pacer))
+}
+
+/// What the pacer sent in one slot (tests only).
+#[cfg(test)]
+#[derive(Debug, Clone)]
+struct Sent {
+    slot: u64,
+    /// When the frame left, on tokio's (pausable) clock.
+    at: tokio::time::Instant,
+    /// RTP duration of the frame: 20 ms, plus any skipped slots.
+    duration: Duration,
+    had_audio: bool,
+    /// The encoded packet.
+    packet: Vec<u8>,
 }
 
 struct Pacer {
@@ -244,19 +291,31 @@ struct Pacer {
     frame_len: usize,
     encoder: crate::opus_enc::Encoder,
     sink: watch::Receiver<Option<RtpSink>>,
+    /// Tests watch what leaves here (bounded; frames are not held back when full).
+    #[cfg(test)]
+    probe: Option<mpsc::Sender<Sent>>,
 }
 
 impl Pacer {
+    /// Send one frame per slot of a fixed 20 ms grid ([`Schedule`]) until every
+    /// handle is gone and the queue is drained.
+    ///
+    /// The encoder runs inline: one 20 ms frame costs 0.1–0.25 ms of CPU (see the crate
+    /// docs), once per slot, so each poll of this task is short and bounded. Handing
+    /// it to another thread would cost a cross-thread wake per frame, which is more
+    /// CPU than it moves.
     async fn run(mut self) {
         let mut pcm = vec![0i16; self.frame_len];
         let mut out = vec![0u8; 1500];
-        let start = tokio::time::Instant::now();
-        let mut ticker = tokio::time::interval_at(start, FRAME_DURATION);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut schedule = Schedule::new(tokio::time::Instant::now());
+        let mut last_sent: Option<tokio::time::Instant> = None;
         let mut closed = false;
         loop {
-            let scheduled = ticker.tick().await;
-            let lateness = tokio::time::Instant::now().saturating_duration_since(scheduled);
+            let due = schedule.next_due();
+            if tokio::time::Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+            }
+            let slot = schedule.take(tokio::time::Instant::now());
             let had_audio = self.fill(&mut pcm, &mut closed);
             if closed && !had_audio {
                 return;
@@ -268,30 +327,66 @@ impl Pacer {
                     continue;
                 }
             };
-            let us = lateness.as_micros() as u64;
-            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-            if had_audio {
-                self.stats.frames_with_audio.fetch_add(1, Ordering::Relaxed);
-            }
-            self.stats
-                .total_lateness_us
-                .fetch_add(us, Ordering::Relaxed);
-            self.stats.max_lateness_us.fetch_max(us, Ordering::Relaxed);
+            // Skipped slots are added to this frame's RTP duration, so that the next
+            // frame's timestamp is back on the wall clock (see `pacer`).
+            let slots = u32::try_from(slot.skipped.saturating_add(1)).unwrap_or(u32::MAX);
+            let duration = FRAME_DURATION.saturating_mul(slots);
             // Not connected (yet, or while rejoining): the frame is paced and dropped.
             let sink = self.sink.borrow().clone();
-            let Some(sink) = sink else { continue };
-            let sample = Sample {
-                data: Bytes::copy_from_slice(&out[..n]),
-                duration: FRAME_DURATION,
-                ..Sample::new(Instant::now())
-            };
-            if let Err(e) = sink
-                .track
-                .write_sample(sink.ssrc, sink.payload_type, &sample, &[])
-                .await
-            {
-                tracing::trace!(error = %e, "rtp write failed (not connected yet?)");
+            if let Some(sink) = sink {
+                let sample = Sample {
+                    data: Bytes::copy_from_slice(&out[..n]),
+                    duration,
+                    ..Sample::new(Instant::now())
+                };
+                if let Err(e) = sink
+                    .track
+                    .write_sample(sink.ssrc, sink.payload_type, &sample, &[])
+                    .await
+                {
+                    tracing::trace!(error = %e, "rtp write failed (not connected yet?)");
+                }
             }
+            let sent = tokio::time::Instant::now();
+            self.record(slot.due, sent, last_sent, slot.skipped, had_audio);
+            last_sent = Some(sent);
+            #[cfg(test)]
+            if let Some(probe) = &self.probe {
+                let _ = probe.try_send(Sent {
+                    slot: slot.index,
+                    at: sent,
+                    duration,
+                    had_audio,
+                    packet: out[..n].to_vec(),
+                });
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        due: tokio::time::Instant,
+        sent: tokio::time::Instant,
+        last_sent: Option<tokio::time::Instant>,
+        skipped: u64,
+        had_audio: bool,
+    ) {
+        let stats = &self.stats;
+        let lateness = sent.saturating_duration_since(due);
+        let us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
+        stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        if had_audio {
+            stats.frames_with_audio.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.slots_skipped.fetch_add(skipped, Ordering::Relaxed);
+        stats.total_lateness_us.fetch_add(us, Ordering::Relaxed);
+        stats.max_lateness_us.fetch_max(us, Ordering::Relaxed);
+        stats.lateness.record(lateness);
+        if let Some(last) = last_sent {
+            let interval = sent.saturating_duration_since(last);
+            stats
+                .interval_deviation
+                .record(interval.abs_diff(FRAME_DURATION));
         }
     }
 
@@ -533,42 +628,158 @@ mod tests {
         assert!(rms > 3000.0 && rms < 8000.0, "rms {rms}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pacer_sends_every_20ms_and_clears_at_once() {
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A pacer with no RTP sink, its frames reported on a probe; not yet started.
+    fn probed() -> (LocalAudioTrack, Pacer, mpsc::Receiver<Sent>) {
         let (_sink_tx, sink_rx) = watch::channel(None);
-        let (track, task) =
-            spawn_local_track(5, "TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
-        // 200 ms of audio, in 10 ms frames; the queue holds only 5 frames so this paces.
+        let (track, mut pacer) =
+            new_local_track(5, "TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
+        let (tx, rx) = mpsc::channel(10_000);
+        pacer.probe = Some(tx);
+        (track, pacer, rx)
+    }
+
+    fn tone(n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| (8000.0 * (i as f64 * 0.0576).sin()) as i16)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_leave_at_exactly_n_times_20ms() {
+        let (track, pacer, mut sent) = probed();
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(pacer.run());
+        for n in 0..100u32 {
+            let f = sent.recv().await.unwrap();
+            assert_eq!(f.slot, u64::from(n));
+            assert_eq!(f.at - t0, 20 * MS * n, "slot {n}");
+            assert_eq!(f.duration, FRAME_DURATION);
+            assert!(!f.had_audio);
+        }
+        let s = track.stats();
+        assert_eq!(s.frames_sent, 100);
+        assert_eq!(s.max_lateness_us, 0);
+        assert_eq!(s.interval_deviation.count(), 99);
+        assert_eq!(
+            s.interval_deviation.percentile(100.0),
+            Some(crate::pacer::CADENCE_BUCKET)
+        );
+        drop(track);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_wake_bursts_then_stays_on_the_grid() {
+        let (track, pacer, mut sent) = probed();
+        let t0 = tokio::time::Instant::now();
+        let _task = tokio::spawn(pacer.run());
+        assert_eq!(sent.recv().await.unwrap().at, t0);
+        // The pacer sleeps until 20 ms; it is woken only at 55 ms.
+        tokio::time::advance(55 * MS).await;
+        let late: Vec<Sent> = vec![sent.recv().await.unwrap(), sent.recv().await.unwrap()];
+        assert_eq!(late.iter().map(|f| f.slot).collect::<Vec<_>>(), [1, 2]);
+        assert!(late.iter().all(|f| f.at == t0 + 55 * MS));
+        assert!(late.iter().all(|f| f.duration == FRAME_DURATION));
+        // Not 75, 95, … (a ticker restarted from the late wake): the grid holds.
+        for n in 3..10u32 {
+            let f = sent.recv().await.unwrap();
+            assert_eq!((f.slot, f.at - t0), (u64::from(n), 20 * MS * n));
+        }
+        let s = track.stats();
+        assert_eq!(s.max_lateness_us, 35_000, "slot 1 left at 55 ms");
+        assert_eq!(s.slots_skipped, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stall_skips_slots_and_marks_the_gap_in_rtp_time() {
+        let (track, pacer, mut sent) = probed();
+        let t0 = tokio::time::Instant::now();
+        let _task = tokio::spawn(pacer.run());
+        sent.recv().await.unwrap();
+        tokio::time::advance(1005 * MS).await;
+        let f = sent.recv().await.unwrap();
+        assert_eq!((f.slot, f.at - t0), (50, 1005 * MS));
+        assert_eq!(
+            f.duration,
+            50 * FRAME_DURATION,
+            "49 skipped slots + this one"
+        );
+        let f = sent.recv().await.unwrap();
+        assert_eq!((f.slot, f.at - t0), (51, 1020 * MS));
+        assert_eq!(f.duration, FRAME_DURATION);
+        assert_eq!(track.stats().slots_skipped, 49);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clear_queue_drops_everything_queued() {
+        let (track, pacer, mut sent) = probed();
+        // One second of audio in 10 ms frames; the queue holds 5 frames, so the
+        // producer is paced to real time and stays ~50 ms ahead of the pacer.
         let producer = {
             let track = track.clone();
             tokio::spawn(async move {
-                for _ in 0..20 {
-                    track
+                let frame = tone(480);
+                for _ in 0..100 {
+                    let data = frame.clone();
+                    if track
                         .capture_frame(AudioFrame {
-                            data: vec![1000; 480],
+                            data,
                             sample_rate: 48_000,
                         })
                         .await
-                        .unwrap();
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(101)).await;
-        let s = track.stats();
-        assert!((5..=7).contains(&s.frames_sent), "{s:?}");
-        assert!(s.frames_with_audio >= 5, "{s:?}");
-        producer.await.unwrap();
-        assert!(track.queued_duration() > Duration::ZERO);
-        track.clear_queue();
-        tokio::time::sleep(Duration::from_millis(41)).await;
-        assert_eq!(track.queued_duration(), Duration::ZERO);
-        let before = track.stats().frames_with_audio;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            track.stats().frames_with_audio,
-            before,
-            "nothing left after clear"
+        tokio::task::yield_now().await;
+        let task = tokio::spawn(pacer.run());
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut pcm = vec![0i16; 960];
+        let mut rms = |packet: &[u8]| {
+            let n = decoder.decode(packet, &mut pcm, false).unwrap();
+            (pcm[..n].iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n as f64).sqrt()
+        };
+        // 200 ms in: every frame so far carried audio, and more is queued.
+        for i in 0..10 {
+            let f = sent.recv().await.unwrap();
+            assert!(f.had_audio);
+            let level = rms(&f.packet);
+            assert!(i == 0 || level > 4000.0, "frame {i}: rms {level}");
+        }
+        assert!(
+            track.queued_duration() >= 40 * MS,
+            "{:?}",
+            track.queued_duration()
         );
+        producer.abort();
+        let _ = producer.await;
+        track.clear_queue();
+        // The very next slot is silence, and so is everything after it (the first
+        // decoded frame still holds the encoder's 6.5 ms look-ahead of the tone).
+        for i in 0..20 {
+            let f = sent.recv().await.unwrap();
+            assert!(!f.had_audio);
+            let level = rms(&f.packet);
+            if i > 0 {
+                assert!(level < 50.0, "frame {i} after the clear: rms {level}");
+            }
+        }
+        assert_eq!(track.queued_duration(), Duration::ZERO);
+        assert_eq!(track.stats().frames_with_audio, 10);
+        // Audio captured after the clear plays normally.
+        track
+            .capture_frame(AudioFrame {
+                data: tone(960),
+                sample_rate: 48_000,
+            })
+            .await
+            .unwrap();
+        assert!(sent.recv().await.unwrap().had_audio);
         // Wrong rate is refused.
         assert!(
             track
@@ -580,7 +791,7 @@ mod tests {
                 .is_err()
         );
         drop(track);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(100 * MS).await;
         assert!(task.is_finished(), "pacer stops when the handles are gone");
     }
 }

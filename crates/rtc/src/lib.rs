@@ -157,6 +157,7 @@ mod engine;
 mod error;
 mod msid;
 mod opus_enc;
+mod pacer;
 mod room;
 pub mod signal;
 
@@ -168,4 +169,5 @@ pub use backoff::{ReconnectKind, ReconnectPolicy};
 pub use data::TextStream;
 pub use error::RtcError;
 pub use msid::parse_msid;
+pub use pacer::{CADENCE_BUCKET, CadenceHistogram};
 pub use room::{ConnectOptions, DataKind, DisconnectReason, Participant, Room, RoomEvent, connect};
