@@ -60,7 +60,7 @@ enum Command {
 }
 
 #[derive(Args)]
-#[group(required = true, multiple = false, id = "mode")]
+#[group(required = false, multiple = false, id = "mode")]
 struct ConsoleMode {
     /// Text only: each line on stdin is a user turn; replies go to stdout.
     #[arg(long)]
@@ -68,8 +68,12 @@ struct ConsoleMode {
     /// A WAV file as the microphone (any rate and channel count).
     #[arg(long, value_name = "IN.wav", requires = "output_file")]
     input_file: Option<PathBuf>,
+    /// List the audio devices and exit.
+    #[arg(long)]
+    list_devices: bool,
 }
 
+/// Without a mode flag, the console talks through the audio devices.
 #[derive(Args)]
 struct ConsoleArgs {
     #[command(flatten)]
@@ -77,12 +81,27 @@ struct ConsoleArgs {
     /// Where the agent's speech goes, with --input-file.
     #[arg(long, value_name = "OUT.wav", requires = "input_file")]
     output_file: Option<PathBuf>,
+    /// Microphone, by name or a unique part of it (see --list-devices).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["text", "input_file", "list_devices"])]
+    input_device: Option<String>,
+    /// Speaker, by name or a unique part of it (see --list-devices).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["text", "input_file", "list_devices"])]
+    output_device: Option<String>,
+    /// Turn echo cancellation off (with headphones, or to hear the
+    /// difference: the agent then hears, and interrupts, itself).
+    #[arg(long, conflicts_with_all = ["text", "input_file", "list_devices"])]
+    no_aec: bool,
+    /// Record both sides to a stereo WAV (microphone left, agent right).
+    #[arg(long, value_name = "FILE.wav", conflicts_with_all = ["text", "input_file", "list_devices"])]
+    record: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Start | Command::Dev | Command::Connect { .. } => "info",
+        // The PulseAudio client logs its own disconnection at exit as an error.
+        Command::Console(_) => "warn,pulseaudio=off",
         _ => "warn",
     };
     let filter =
@@ -135,12 +154,19 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Console(args) => {
-            if args.mode.text {
+            if args.mode.list_devices {
+                let list = tokio::task::spawn_blocking(console::devices::list)
+                    .await
+                    .context("device listing task failed")?
+                    .context("cannot list the audio devices")?;
+                print!("{list}");
+                Ok(())
+            } else if args.mode.text {
                 console_text(&config).await
-            } else if let (Some(input), Some(output)) = (args.mode.input_file, args.output_file) {
-                console_file(&config, input, output).await
+            } else if let (Some(input), Some(output)) = (&args.mode.input_file, &args.output_file) {
+                console_file(&config, input.clone(), output.clone()).await
             } else {
-                anyhow::bail!("give --text, or --input-file with --output-file")
+                console_devices(&config, args).await
             }
         }
     }
@@ -161,6 +187,51 @@ async fn console_text(config: &config::Config) -> Result<()> {
     // The handle went with `run`; the session ends once its reply is over.
     let _ = task.await;
     result.context("console")?;
+    Ok(())
+}
+
+async fn console_devices(config: &config::Config, args: ConsoleArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    // Find the devices before loading models: a machine without them is
+    // told so at once.
+    let (input, output) = (args.input_device.clone(), args.output_device.clone());
+    tokio::task::spawn_blocking(move || {
+        console::devices::probe(input.as_deref(), output.as_deref())
+    })
+    .await
+    .context("device probe task failed")?
+    .context("console")?;
+    let stages = stages::build(config).await?;
+    let shutdown = async {
+        // Ctrl-C (or SIGTERM) ends the conversation; a signal handler that
+        // cannot be installed leaves the other.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(_) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        }
+    };
+    let summary = console::live::run(
+        stages,
+        config.session_options(),
+        console::live::DeviceOptions {
+            input_device: args.input_device,
+            output_device: args.output_device,
+            echo_cancellation: !args.no_aec,
+            record: args.record,
+            tty: std::io::stdout().is_terminal(),
+        },
+        tokio::io::stdout(),
+        shutdown,
+    )
+    .await
+    .context("console")?;
+    tracing::info!(
+        turns = summary.metrics.len(),
+        mean_buffering_ms = summary.audio.mean_buffering.as_secs_f64() * 1000.0,
+        "console ended"
+    );
     Ok(())
 }
 

@@ -99,3 +99,42 @@ impl WavWriter {
         self.inner.finalize().map_err(|e| wav_error(&path, e))
     }
 }
+
+/// Writes two 16-bit mono streams as the left and right channels of one
+/// stereo file, block by block.
+pub struct StereoWavWriter {
+    path: PathBuf,
+    inner: hound::WavWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl StereoWavWriter {
+    pub fn create(path: &Path, sample_rate: u32) -> Result<Self, ConsoleError> {
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let inner = hound::WavWriter::create(path, spec).map_err(|e| wav_error(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner,
+        })
+    }
+
+    /// `left` and `right` of equal length (the shorter one sets it).
+    pub fn write(&mut self, left: &[i16], right: &[i16]) -> Result<(), ConsoleError> {
+        for (&l, &r) in left.iter().zip(right) {
+            self.inner
+                .write_sample(l)
+                .and_then(|()| self.inner.write_sample(r))
+                .map_err(|e| wav_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(), ConsoleError> {
+        let path = self.path;
+        self.inner.finalize().map_err(|e| wav_error(&path, e))
+    }
+}

@@ -1,0 +1,403 @@
+//! The audio pump: one thread between the device rings and the session.
+//!
+//! Every couple of milliseconds it
+//! 1. tops the output ring up to its target depth with 10 ms blocks of the
+//!    agent's speech (from the [`PlayoutReader`]) or silence, and hands the
+//!    same blocks, at 16 kHz, to the echo canceller as its render reference;
+//! 2. takes every complete 10 ms of microphone audio from the input ring,
+//!    resamples it to 16 kHz, removes the echo, and sends it to the session
+//!    with `try_send` (a full channel drops the block and counts it: the pump
+//!    never waits on the runtime);
+//! 3. updates the level meters and the buffering measurement, and writes the
+//!    recording (microphone left, agent right) when one was asked for.
+//!
+//! The output ring is filled to a fixed depth rather than paced by the input,
+//! so the speaker's clock sets the output rate and the two devices' clocks may
+//! drift without the queue growing.
+//!
+//! The thread is owned by [`Pump`]: [`Pump::stop`] (or dropping it) sets the
+//! stop flag and joins it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use agent::audio::{AudioFrame, Resampler};
+use agent::playout::{Playout, PlayoutReader};
+use tokio::sync::mpsc;
+
+use crate::devices::{DeviceStats, StreamErrors};
+use crate::echo::{BLOCK, ECHO_RATE, EchoCanceller};
+use crate::wav::StereoWavWriter;
+
+/// Blocks (10 ms each) left out of the buffering figures while the devices
+/// start and their buffers settle.
+const SETTLE_BLOCKS: u64 = 100;
+
+/// How often the pump looks at the rings.
+const POLL: Duration = Duration::from_millis(2);
+
+/// What the pump shows the display, updated every block.
+#[derive(Default)]
+pub struct Meters {
+    /// Microphone RMS level of the last 10 ms (before echo cancellation), dBFS, as f32 bits.
+    mic_dbfs: AtomicU32,
+    /// The agent's output level of the last 10 ms, dBFS, as f32 bits.
+    agent_dbfs: AtomicU32,
+    /// Input-to-output buffering of the last block, µs.
+    buffering_us: AtomicU32,
+}
+
+impl Meters {
+    pub fn mic_dbfs(&self) -> f32 {
+        f32::from_bits(self.mic_dbfs.load(Ordering::Relaxed))
+    }
+
+    pub fn agent_dbfs(&self) -> f32 {
+        f32::from_bits(self.agent_dbfs.load(Ordering::Relaxed))
+    }
+
+    pub fn buffering(&self) -> Duration {
+        Duration::from_micros(self.buffering_us.load(Ordering::Relaxed) as u64)
+    }
+}
+
+pub struct PumpConfig {
+    pub input_rate: u32,
+    pub output_rate: u32,
+    /// Depth the output ring is kept at.
+    pub output_target: Duration,
+    pub echo_cancellation: bool,
+    pub record: Option<PathBuf>,
+}
+
+/// Measured over the run.
+#[derive(Clone, Debug, Default)]
+pub struct PumpSummary {
+    /// Input-to-output buffering (input device + input ring + output ring +
+    /// output device), averaged over every 10 ms block after the first second.
+    pub mean_buffering: Duration,
+    pub max_buffering: Duration,
+    /// Its parts, averaged.
+    pub input_device: Duration,
+    pub input_ring: Duration,
+    pub output_ring: Duration,
+    pub output_device: Duration,
+    /// 10 ms blocks sent to the session, and dropped because it lagged.
+    pub blocks: u64,
+    pub dropped_blocks: u64,
+    pub input_overruns: u64,
+    pub output_underruns: u64,
+    /// Glitches the devices reported.
+    pub xruns: u64,
+    pub backend_errors: u64,
+}
+
+/// The pump thread's owner.
+pub struct Pump {
+    stop: Arc<AtomicBool>,
+    /// Joined by [`Pump::stop`] or on drop.
+    thread: Option<JoinHandle<PumpSummary>>,
+}
+
+pub struct PumpIo {
+    pub mic: rtrb::Consumer<f32>,
+    pub speaker: rtrb::Producer<f32>,
+    pub agent: PlayoutReader,
+    pub session: mpsc::Sender<AudioFrame>,
+    pub stats: Arc<DeviceStats>,
+    pub meters: Arc<Meters>,
+    /// Where a failure of the canceller or the recording is reported.
+    pub errors: StreamErrors,
+}
+
+impl Pump {
+    pub fn spawn(config: PumpConfig, io: PumpIo) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("console-audio".into())
+            .spawn(move || run(config, io, &flag))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (finishing the recording) and returns what it measured.
+    pub fn stop(mut self) -> PumpSummary {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn level_dbfs(block: &[f32]) -> f32 {
+    if block.is_empty() {
+        return -100.0;
+    }
+    let mean = block.iter().map(|&s| s * s).sum::<f32>() / block.len() as f32;
+    let rms = mean.sqrt();
+    if rms <= 1e-5 {
+        -100.0
+    } else {
+        20.0 * rms.log10()
+    }
+}
+
+fn to_i16(s: f32) -> i16 {
+    (s * 32768.0)
+        .round()
+        .clamp(i16::MIN as f32, i16::MAX as f32) as i16
+}
+
+fn to_f32(s: i16) -> f32 {
+    s as f32 / 32768.0
+}
+
+/// Running sums for [`PumpSummary`].
+#[derive(Default)]
+struct Tally {
+    count: u64,
+    total_us: u64,
+    max_us: u64,
+    parts_us: [u64; 4],
+}
+
+fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
+    let in_block = (config.input_rate / 100).max(1) as usize;
+    let out_block = (config.output_rate / 100).max(1) as usize;
+    let out_capacity = io.speaker.buffer().capacity();
+    let out_target = ((config.output_rate as u128 * config.output_target.as_micros() / 1_000_000)
+        as usize)
+        .clamp(out_block, out_capacity);
+    let mut mic_resampler = Resampler::new(config.input_rate, ECHO_RATE);
+    let mut render_resampler = Resampler::new(config.output_rate, ECHO_RATE);
+
+    let report = |errors: &StreamErrors, message: String| {
+        let _ = errors.try_send(message);
+    };
+    let mut aec = if config.echo_cancellation {
+        // First guess of the echo delay: both rings and both device buffers.
+        match EchoCanceller::new(config.output_target.as_millis() as i32 + 20) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                report(&io.errors, e.to_string());
+                return PumpSummary::default();
+            }
+        }
+    } else {
+        None
+    };
+    let mut recorder = match &config.record {
+        Some(path) => match StereoWavWriter::create(path, ECHO_RATE) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                report(&io.errors, format!("recording: {e}"));
+                return PumpSummary::default();
+            }
+        },
+        None => None,
+    };
+
+    // Scratch space, reused: nothing below allocates once warmed up, except
+    // the frame handed to the session.
+    let mut pending_agent: VecDeque<i16> = VecDeque::with_capacity(out_block * 8);
+    let mut out_i16: Vec<i16> = Vec::with_capacity(out_block);
+    let mut out_f32: Vec<f32> = Vec::with_capacity(out_block);
+    let mut render16: Vec<i16> = Vec::with_capacity(BLOCK * 2);
+    let mut render_fifo: VecDeque<i16> = VecDeque::with_capacity(BLOCK * 16);
+    let mut record_fifo: VecDeque<i16> = VecDeque::with_capacity(BLOCK * 16);
+    let mut in_i16: Vec<i16> = Vec::with_capacity(in_block);
+    let mut mic16: Vec<i16> = Vec::with_capacity(BLOCK * 2);
+    let mut capture_fifo: VecDeque<i16> = VecDeque::with_capacity(BLOCK * 16);
+    let mut block_f32 = vec![0f32; BLOCK];
+    let mut clean = vec![0f32; BLOCK];
+    let mut render_block = vec![0f32; BLOCK];
+    let mut record_left = vec![0i16; BLOCK];
+    let mut record_right = vec![0i16; BLOCK];
+
+    let mut tally = Tally::default();
+    let mut blocks_seen = 0u64;
+    let mut blocks = 0u64;
+    let mut dropped = 0u64;
+    // The latest reading of the input ring's depth when a block was taken.
+    let mut input_ring_frames = 0usize;
+
+    'pump: while !stop.load(Ordering::SeqCst) {
+        // 1. The speaker: keep the output ring at its target depth.
+        while out_capacity - io.speaker.slots() + out_block <= out_target {
+            while pending_agent.len() < out_block {
+                match io.agent.try_recv() {
+                    Some(Playout::Frame(f)) => {
+                        let ch = f.channels.max(1) as usize;
+                        if ch == 1 {
+                            pending_agent.extend(f.samples.iter().copied());
+                        } else {
+                            pending_agent.extend(f.samples.chunks_exact(ch).map(|s| {
+                                (s.iter().map(|&v| v as i32).sum::<i32>() / ch as i32) as i16
+                            }));
+                        }
+                    }
+                    Some(Playout::Cleared) => pending_agent.clear(),
+                    None => break,
+                }
+            }
+            let n = out_block.min(pending_agent.len());
+            out_i16.clear();
+            out_i16.extend(pending_agent.drain(..n));
+            out_i16.resize(out_block, 0);
+            out_f32.clear();
+            out_f32.extend(out_i16.iter().map(|&s| to_f32(s)));
+            if let Ok(chunk) = io.speaker.write_chunk_uninit(out_block) {
+                chunk.fill_from_iter(out_f32.iter().copied());
+            }
+            io.meters
+                .agent_dbfs
+                .store(level_dbfs(&out_f32).to_bits(), Ordering::Relaxed);
+            render16.clear();
+            render_resampler.process_into(&out_i16, &mut render16);
+            render_fifo.extend(render16.iter().copied());
+            if recorder.is_some() {
+                record_fifo.extend(render16.iter().copied());
+            }
+        }
+
+        // 2. The microphone: every complete 10 ms of input.
+        while io.mic.slots() >= in_block {
+            let Ok(chunk) = io.mic.read_chunk(in_block) else {
+                break;
+            };
+            in_i16.clear();
+            in_i16.extend(chunk.into_iter().map(to_i16));
+            input_ring_frames = io.mic.slots();
+            mic16.clear();
+            mic_resampler.process_into(&in_i16, &mut mic16);
+            capture_fifo.extend(mic16.iter().copied());
+        }
+
+        while capture_fifo.len() >= BLOCK {
+            for (dst, s) in block_f32.iter_mut().zip(capture_fifo.drain(..BLOCK)) {
+                *dst = to_f32(s);
+            }
+            while render_fifo.len() >= BLOCK {
+                for (dst, s) in render_block.iter_mut().zip(render_fifo.drain(..BLOCK)) {
+                    *dst = to_f32(s);
+                }
+                if let Some(aec) = &mut aec
+                    && let Err(e) = aec.render(&render_block)
+                {
+                    report(&io.errors, e.to_string());
+                    break 'pump;
+                }
+            }
+            match &mut aec {
+                Some(aec) => {
+                    if let Err(e) = aec.capture(&block_f32, &mut clean) {
+                        report(&io.errors, e.to_string());
+                        break 'pump;
+                    }
+                }
+                None => clean.copy_from_slice(&block_f32),
+            }
+            io.meters
+                .mic_dbfs
+                .store(level_dbfs(&block_f32).to_bits(), Ordering::Relaxed);
+
+            if let Some(rec) = &mut recorder {
+                // Agent audio lines up with the microphone block by block;
+                // if the output ran ahead (clock drift), drop its oldest.
+                let excess = record_fifo.len().saturating_sub(BLOCK * 20);
+                record_fifo.drain(..excess);
+                let n = BLOCK.min(record_fifo.len());
+                for (i, dst) in record_right.iter_mut().enumerate() {
+                    *dst = if i < n {
+                        record_fifo.pop_front().unwrap_or(0)
+                    } else {
+                        0
+                    };
+                }
+                for (dst, &s) in record_left.iter_mut().zip(&block_f32) {
+                    *dst = to_i16(s);
+                }
+                if let Err(e) = rec.write(&record_left, &record_right) {
+                    report(&io.errors, format!("recording: {e}"));
+                    break 'pump;
+                }
+            }
+
+            let frame = AudioFrame::new(
+                clean.iter().map(|&s| to_i16(s)).collect::<Vec<i16>>(),
+                ECHO_RATE,
+                1,
+            );
+            match io.session.try_send(frame) {
+                Ok(()) => blocks += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => break 'pump,
+            }
+
+            // Buffering now, from microphone to session and session to speaker.
+            let parts_us = [
+                io.stats.input_device_latency_us.load(Ordering::Relaxed) as u64,
+                (input_ring_frames + in_block / 2) as u64 * 1_000_000
+                    / config.input_rate.max(1) as u64,
+                (out_capacity - io.speaker.slots()) as u64 * 1_000_000
+                    / config.output_rate.max(1) as u64,
+                io.stats.output_device_latency_us.load(Ordering::Relaxed) as u64,
+            ];
+            let total: u64 = parts_us.iter().sum();
+            io.meters
+                .buffering_us
+                .store(total.min(u32::MAX as u64) as u32, Ordering::Relaxed);
+            blocks_seen += 1;
+            if blocks_seen <= SETTLE_BLOCKS {
+                continue;
+            }
+            tally.count += 1;
+            tally.total_us += total;
+            tally.max_us = tally.max_us.max(total);
+            for (sum, part) in tally.parts_us.iter_mut().zip(parts_us) {
+                *sum += part;
+            }
+        }
+
+        std::thread::sleep(POLL);
+    }
+
+    if let Some(rec) = recorder
+        && let Err(e) = rec.finish()
+    {
+        report(&io.errors, format!("recording: {e}"));
+    }
+    let mean = |sum: u64| Duration::from_micros(sum / tally.count.max(1));
+    PumpSummary {
+        mean_buffering: mean(tally.total_us),
+        max_buffering: Duration::from_micros(tally.max_us),
+        input_device: mean(tally.parts_us[0]),
+        input_ring: mean(tally.parts_us[1]),
+        output_ring: mean(tally.parts_us[2]),
+        output_device: mean(tally.parts_us[3]),
+        blocks,
+        dropped_blocks: dropped,
+        input_overruns: io.stats.input_overruns.load(Ordering::Relaxed),
+        output_underruns: io.stats.output_underruns.load(Ordering::Relaxed),
+        xruns: io.stats.input_xruns.load(Ordering::Relaxed)
+            + io.stats.output_xruns.load(Ordering::Relaxed),
+        backend_errors: io.stats.backend_errors.load(Ordering::Relaxed),
+    }
+}
