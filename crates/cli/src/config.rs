@@ -55,6 +55,18 @@ impl Default for Config {
 pub enum SttEngine {
     /// Local whisper tiny.en (needs `voice-agent download-files`).
     Whisper,
+    /// LiveKit Inference (streaming, e.g. `deepgram/nova-3`), with the LLM's
+    /// credentials.
+    Livekit,
+}
+
+impl SttEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SttEngine::Whisper => "whisper",
+            SttEngine::Livekit => "livekit",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -62,8 +74,20 @@ pub enum SttEngine {
 pub struct SttConfig {
     pub engine: SttEngine,
     /// Seconds between interim transcripts while the user speaks; 0 for
-    /// final transcripts only.
+    /// final transcripts only (engine `whisper`).
     pub interim_interval: f64,
+    /// The model on LiveKit Inference (engine `livekit`).
+    pub model: String,
+    /// Language code sent to the provider; "" lets it detect (engine `livekit`).
+    pub language: String,
+    /// Provider options sent as-is (engine `livekit`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Engines tried in order when the one before fails (e.g. `["whisper"]`).
+    pub fallback: Vec<SttEngine>,
+    /// Time allowed to open the websocket (engine `livekit`).
+    pub connect_timeout_ms: u64,
+    /// Longest wait for an answer the provider owes before reconnecting.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for SttConfig {
@@ -71,6 +95,12 @@ impl Default for SttConfig {
         Self {
             engine: SttEngine::Whisper,
             interim_interval: 1.0,
+            model: "deepgram/nova-3".into(),
+            language: "en".into(),
+            extra: serde_json::Map::new(),
+            fallback: Vec::new(),
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 10_000,
         }
     }
 }
@@ -82,27 +112,60 @@ pub enum TtsEngine {
     Piper,
     /// espeak-ng: robotic, but no download at all.
     Espeak,
+    /// LiveKit Inference (streaming, e.g. `cartesia/sonic-2`), with the LLM's
+    /// credentials.
+    Livekit,
+}
+
+impl TtsEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TtsEngine::Piper => "piper",
+            TtsEngine::Espeak => "espeak",
+            TtsEngine::Livekit => "livekit",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TtsConfig {
     pub engine: TtsEngine,
-    /// espeak-ng voice name (engine `espeak`).
-    pub voice: String,
-    /// Speaking rate: 1.0 is the voice's own.
+    /// The voice: an espeak-ng voice name (engine `espeak`, default
+    /// `en-us`), or the provider's voice id (engine `livekit`, default the
+    /// provider's).
+    pub voice: Option<String>,
+    /// Speaking rate of the local engines: 1.0 is the voice's own.
     pub speed: f32,
     /// Sample rate of the agent's audio output.
     pub output_sample_rate: u32,
+    /// The model on LiveKit Inference (engine `livekit`).
+    pub model: String,
+    /// Language code sent to the provider; "" for the provider's default.
+    pub language: String,
+    /// Provider options sent as-is (engine `livekit`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Engines tried in order when the one before fails (e.g. `["piper"]`).
+    pub fallback: Vec<TtsEngine>,
+    /// Time allowed to open the websocket (engine `livekit`).
+    pub connect_timeout_ms: u64,
+    /// Longest silence from the provider while audio is owed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for TtsConfig {
     fn default() -> Self {
         Self {
             engine: TtsEngine::Piper,
-            voice: "en-us".into(),
+            voice: None,
             speed: 1.0,
             output_sample_rate: 24_000,
+            model: "cartesia/sonic-2".into(),
+            language: "en".into(),
+            extra: serde_json::Map::new(),
+            fallback: Vec::new(),
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 10_000,
         }
     }
 }
@@ -318,8 +381,67 @@ fn check_unit(key: &str, v: f32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine chain `[engine, fallback…]` has no repeats; a cloud engine
+/// has a model; timeouts are sane.
+#[allow(clippy::too_many_arguments)]
+fn check_speech_stage(
+    stage: &str,
+    engine: &str,
+    fallback: &[&str],
+    cloud: bool,
+    model: &str,
+    connect_timeout_ms: u64,
+    idle_timeout_ms: u64,
+) -> anyhow::Result<()> {
+    let mut seen = vec![engine];
+    for f in fallback {
+        if seen.contains(f) {
+            bail!(
+                "key `{stage}.fallback`: engine {f:?} is already in the chain ({stage}.engine and the fallbacks before it)"
+            );
+        }
+        seen.push(f);
+    }
+    let uses_cloud = cloud || fallback.contains(&"livekit");
+    if uses_cloud && model.trim().is_empty() {
+        bail!("key `{stage}.model`: must name a LiveKit Inference model for engine \"livekit\"");
+    }
+    if !(100..=60_000).contains(&connect_timeout_ms) {
+        bail!(
+            "key `{stage}.connect_timeout_ms`: {connect_timeout_ms} is out of range (100 to 60000)"
+        );
+    }
+    if !(100..=120_000).contains(&idle_timeout_ms) {
+        bail!("key `{stage}.idle_timeout_ms`: {idle_timeout_ms} is out of range (100 to 120000)");
+    }
+    Ok(())
+}
+
 fn validate(c: &Config) -> anyhow::Result<()> {
     check_seconds("stt.interim_interval", c.stt.interim_interval, 30.0)?;
+    let stt_fallback: Vec<&str> = c.stt.fallback.iter().map(|e| e.as_str()).collect();
+    check_speech_stage(
+        "stt",
+        c.stt.engine.as_str(),
+        &stt_fallback,
+        c.stt.engine == SttEngine::Livekit,
+        &c.stt.model,
+        c.stt.connect_timeout_ms,
+        c.stt.idle_timeout_ms,
+    )?;
+    let tts_fallback: Vec<&str> = c.tts.fallback.iter().map(|e| e.as_str()).collect();
+    check_speech_stage(
+        "tts",
+        c.tts.engine.as_str(),
+        &tts_fallback,
+        c.tts.engine == TtsEngine::Livekit,
+        &c.tts.model,
+        c.tts.connect_timeout_ms,
+        c.tts.idle_timeout_ms,
+    )?;
+    if c.tts.voice.as_deref().is_some_and(|v| v.trim().is_empty()) {
+        bail!("key `tts.voice`: must not be empty (leave it out for the default voice)");
+    }
     check_unit("vad.activation_threshold", c.vad.activation_threshold)?;
     check_unit("vad.deactivation_threshold", c.vad.deactivation_threshold)?;
     if c.vad.deactivation_threshold > c.vad.activation_threshold {
@@ -504,6 +626,58 @@ mod tests {
             ("[worker]\nload_threshold = 1.5\n", "worker.load_threshold"),
             ("[worker]\ndrain_timeout = -1.0\n", "worker.drain_timeout"),
             ("[worker]\nsessions = 2\n", "sessions"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains(key), "{text} → {msg}");
+        }
+    }
+
+    #[test]
+    fn livekit_speech_sections_parse() {
+        let c = parse(
+            "[stt]\nengine = \"livekit\"\nmodel = \"assemblyai/universal-streaming\"\n\
+             language = \"fr\"\nfallback = [\"whisper\"]\n[stt.extra]\nformat_turns = true\n\
+             [tts]\nengine = \"livekit\"\nmodel = \"elevenlabs/eleven_flash_v2_5\"\n\
+             voice = \"Xb7hH8MSUJpSbSDYk0k2\"\nfallback = [\"piper\", \"espeak\"]\n\
+             idle_timeout_ms = 3000\n",
+        )
+        .expect("valid");
+        assert_eq!(c.stt.engine, SttEngine::Livekit);
+        assert_eq!(c.stt.model, "assemblyai/universal-streaming");
+        assert_eq!(c.stt.language, "fr");
+        assert_eq!(c.stt.fallback, vec![SttEngine::Whisper]);
+        assert_eq!(c.stt.extra["format_turns"], true);
+        assert_eq!(c.tts.engine, TtsEngine::Livekit);
+        assert_eq!(c.tts.voice.as_deref(), Some("Xb7hH8MSUJpSbSDYk0k2"));
+        assert_eq!(c.tts.fallback, vec![TtsEngine::Piper, TtsEngine::Espeak]);
+        assert_eq!(c.tts.idle_timeout_ms, 3000);
+        // The defaults name the models the issue's examples use.
+        let d = Config::default();
+        assert_eq!(d.stt.model, "deepgram/nova-3");
+        assert_eq!(d.tts.model, "cartesia/sonic-2");
+    }
+
+    #[test]
+    fn bad_speech_chains_are_named() {
+        for (text, key) in [
+            (
+                "[stt]\nengine = \"livekit\"\nfallback = [\"livekit\"]\n",
+                "stt.fallback",
+            ),
+            (
+                "[tts]\nengine = \"piper\"\nfallback = [\"espeak\", \"espeak\"]\n",
+                "tts.fallback",
+            ),
+            ("[stt]\nengine = \"livekit\"\nmodel = \"\"\n", "stt.model"),
+            (
+                "[tts]\nfallback = [\"livekit\"]\nmodel = \" \"\n",
+                "tts.model",
+            ),
+            ("[tts]\nconnect_timeout_ms = 0\n", "tts.connect_timeout_ms"),
+            ("[stt]\nidle_timeout_ms = 10\n", "stt.idle_timeout_ms"),
+            ("[tts]\nvoice = \"\"\n", "tts.voice"),
+            ("[stt]\nfallback = [\"deepgram\"]\n", "deepgram"),
+            ("[tts]\nprovider = \"cartesia\"\n", "provider"),
         ] {
             let msg = parse(text).expect_err(text).to_string();
             assert!(msg.contains(key), "{text} → {msg}");
