@@ -60,6 +60,9 @@ pub const CHUNK_SAMPLES: usize = SAMPLE_RATE as usize / 20;
 const PRE_ROLL: u64 = SAMPLE_RATE as u64 * 3 / 10;
 /// Audio kept while no one speaks, for the next utterance's pre-roll.
 const IDLE_HISTORY: u64 = SAMPLE_RATE as u64;
+/// Most audio kept for a replay, however long the user speaks without the
+/// VAD ending the utterance.
+const MAX_KEEP: u64 = SAMPLE_RATE as u64 * 60;
 /// First backoff after the immediate reconnect; doubles per failure.
 const BACKOFF: Duration = Duration::from_millis(200);
 
@@ -449,7 +452,7 @@ impl Task {
         for o in self.owed.iter().filter(|o| !o.answered) {
             from = from.min(o.start);
         }
-        from
+        from.max(self.received.saturating_sub(MAX_KEEP))
     }
 
     /// Forgets audio no replay can need (in steps of a second).
