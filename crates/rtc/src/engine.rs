@@ -455,8 +455,13 @@ impl Engine {
         // NACK and RTCP sender/receiver reports only: TWCC and simulcast header
         // extensions serve video bandwidth estimation and cost CPU per packet.
         let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media));
+        let udp_addrs = if self.options.udp_addrs.is_empty() {
+            signal::default_udp_addrs(&self.url)
+        } else {
+            self.options.udp_addrs.clone()
+        };
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(ice_servers.to_vec())
+            .with_ice_servers(useful_ice_servers(&udp_addrs, ice_servers))
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -467,11 +472,7 @@ impl Engine {
                 generation,
                 target,
             }))
-            .with_udp_addrs(if self.options.udp_addrs.is_empty() {
-                signal::default_udp_addrs(&self.url)
-            } else {
-                self.options.udp_addrs.clone()
-            })
+            .with_udp_addrs(udp_addrs)
             .build()
             .await?;
         Ok(Arc::new(pc))
@@ -1535,4 +1536,41 @@ fn spawn_dc_reader(
             }
         }
     })
+}
+
+/// The ICE servers worth gathering with from sockets bound to `udp_addrs`:
+/// none when every socket is on loopback (no STUN or TURN server can reach
+/// it, and gathering from an unresolvable STUN host holds the connection
+/// back for the resolver's timeout, seconds).
+fn useful_ice_servers(udp_addrs: &[String], servers: &[RTCIceServer]) -> Vec<RTCIceServer> {
+    let loopback = |a: &String| {
+        a.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| a.starts_with("localhost:"))
+    };
+    if !udp_addrs.is_empty() && udp_addrs.iter().all(loopback) {
+        Vec::new()
+    } else {
+        servers.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_sockets_gather_without_stun() {
+        let stun = vec![RTCIceServer {
+            urls: vec!["stun:stun.example.org:3478".into()],
+            ..Default::default()
+        }];
+        assert!(useful_ice_servers(&["127.0.0.1:0".into()], &stun).is_empty());
+        assert!(useful_ice_servers(&["[::1]:0".into(), "localhost:0".into()], &stun).is_empty());
+        assert_eq!(useful_ice_servers(&["0.0.0.0:0".into()], &stun).len(), 1);
+        assert_eq!(
+            useful_ice_servers(&["127.0.0.1:0".into(), "10.0.0.2:0".into()], &stun).len(),
+            1
+        );
+    }
 }
