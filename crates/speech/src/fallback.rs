@@ -146,6 +146,7 @@ impl Stt for FallbackStt {
             base: Duration::ZERO,
             speaking: false,
             owed: 0,
+            last_error: None,
         };
         // Owned by `input_tx`: ends when the session drops it.
         tokio::spawn(task.run());
@@ -183,6 +184,8 @@ struct SttTask {
     speaking: bool,
     /// `SpeechEnded`s not answered by a `Final` or `Empty` yet.
     owed: u32,
+    /// The primary's last reported failure: the cause logged at the switch.
+    last_error: Option<StageError>,
 }
 
 impl SttTask {
@@ -295,6 +298,12 @@ impl SttTask {
                 SttEvent::Empty
             }
             SttEvent::Interim(t) => SttEvent::Interim(self.shift_out(t)),
+            SttEvent::Error(e) => {
+                if !self.on_fallback {
+                    self.last_error = Some(e.clone());
+                }
+                SttEvent::Error(e)
+            }
             other => other,
         };
         self.events.send(event).await.is_ok()
@@ -315,10 +324,9 @@ impl SttTask {
     /// Replaces the failed primary by the fallback and replays the kept
     /// input into it. False if the fallback cannot open either.
     async fn switch(&mut self) -> bool {
-        let error = StageError::new(
-            agent::ErrorKind::Connection,
-            "the primary STT stream ended; switching to the fallback",
-        );
+        let error = self.last_error.take().unwrap_or_else(|| {
+            StageError::new(agent::ErrorKind::Connection, "the primary STT stream ended")
+        });
         self.health.failed(&error);
         let stream = match self.fallback.stream(&self.job).await {
             Ok(s) => s,

@@ -861,3 +861,156 @@ async fn tts_falls_back_when_the_cloud_cannot_open() {
             .all(|a| a.frame.sample_rate == 22_050)
     );
 }
+
+// ---------------------------------------------------------------- a whole turn
+
+/// Answers every request with one fixed sentence and records what it heard.
+struct OneLineLlm {
+    heard: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl agent::Llm for OneLineLlm {
+    async fn chat(
+        &self,
+        request: agent::LlmRequest,
+    ) -> Result<agent::LlmStream, agent::StageError> {
+        let last = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == agent::Role::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        self.heard.lock().unwrap().push(last);
+        let chunks = ["The next train ", "leaves at seven."]
+            .into_iter()
+            .map(|t| Ok(agent::LlmChunk::Text(t.into())))
+            .chain([Ok(agent::LlmChunk::Done {
+                finish_reason: Some("stop".into()),
+            })]);
+        Ok(Box::pin(futures::stream::iter(chunks.collect::<Vec<_>>())))
+    }
+}
+
+/// A session hears real speech through the real VAD, the cloud STT
+/// transcribes it (scripted), the LLM answers, and the cloud TTS's espeak-ng
+/// audio is what the speaker plays, sample for sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hears_and_speaks_through_livekit_inference() {
+    use agent::session::{self, AudioIo, SessionEvent, SessionOptions, Stages};
+
+    let gw = Gateway::start(espeak_synth()).await;
+    gw.script(&["when is the next train"]);
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stages = Stages {
+        llm: Arc::new(OneLineLlm {
+            heard: heard.clone(),
+        }),
+        stt: Some(Arc::new(stt(&gw))),
+        tts: Some(Arc::new(tts(&gw))),
+        vad: Some(Arc::new(speech::EarshotVadFactory)),
+        turn_detector: None,
+        tools: agent::ToolSet::new(),
+    };
+    let (mic_tx, mic_rx) = tokio::sync::mpsc::channel(8);
+    let (writer, control, mut reader) = agent::playout(24_000, 64);
+    let (handle, mut events, task) = session::start(
+        stages,
+        SessionOptions::default(),
+        AudioIo {
+            input: Some(mic_rx),
+            output: Some((writer, control)),
+        },
+    );
+    // The microphone: 20 ms frames in real time.
+    let speech = common::espeak_speech_16k("When is the next train?");
+    let mut pcm: Vec<i16> = vec![0; 8_000];
+    pcm.extend(speech.iter().map(|&v| (v * 32767.0) as i16));
+    pcm.extend(vec![0i16; 16_000 * 3]);
+    let mic = tokio::spawn(async move {
+        let t0 = tokio::time::Instant::now();
+        for (i, frame) in pcm.chunks(320).enumerate() {
+            tokio::time::sleep_until(t0 + Duration::from_millis(20 * i as u64)).await;
+            if mic_tx
+                .send(AudioFrame::new(frame.to_vec(), 16_000, 1))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Keep the input open: closing it ends the session's listening.
+        std::future::pending::<()>().await;
+    });
+    let speaker = tokio::spawn(async move {
+        let mut played = Vec::new();
+        while let Some(p) = reader.recv().await {
+            if let agent::Playout::Frame(f) = p {
+                played.extend(f.samples.iter().copied());
+            }
+        }
+        played
+    });
+    let mut transcript = None;
+    let mut spoke = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while spoke.is_none() {
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the agent answers within 20 s")
+            .expect("session alive");
+        match e {
+            SessionEvent::UserTranscript {
+                text,
+                is_final: true,
+            } => transcript = Some(text),
+            SessionEvent::AgentSpoke { text, .. } => spoke = Some(text),
+            SessionEvent::Error { stage, error } => panic!("{stage}: {error}"),
+            _ => {}
+        }
+    }
+    assert_eq!(transcript.as_deref(), Some("when is the next train"));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec!["when is the next train".to_string()]
+    );
+    assert_eq!(spoke.as_deref(), Some("The next train leaves at seven."));
+    drop(handle);
+    mic.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    while events.recv().await.is_some() {}
+    let played = tokio::time::timeout(Duration::from_secs(5), speaker)
+        .await
+        .expect("speaker ends with the session")
+        .expect("speaker task");
+    // Exactly the audio the gateway made for the text it was given.
+    let conns = gw.conns();
+    let tts_conn = conns
+        .iter()
+        .find(|c| c.path == "/v1/tts")
+        .expect("a TTS connection");
+    assert_eq!(
+        tts_conn.transcripts.concat().trim(),
+        "The next train leaves at seven."
+    );
+    let expected: Vec<i16> = tts_conn
+        .transcripts
+        .iter()
+        .flat_map(|t| espeak_24k(t.trim()))
+        .collect();
+    assert!(!expected.is_empty());
+    assert!(
+        played == expected,
+        "{} samples played, {} made",
+        played.len(),
+        expected.len()
+    );
+    // The STT heard the speech in 50 ms chunks and finalized once.
+    let stt_conn = conns
+        .iter()
+        .find(|c| c.path == "/v1/stt")
+        .expect("an STT connection");
+    assert_eq!(stt_conn.finalize_at.len(), 1);
+    gw.assert_clean();
+}
