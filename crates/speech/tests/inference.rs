@@ -711,6 +711,27 @@ async fn tts_pools_connections_across_replies_and_refreshes_old_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_never_hands_a_late_generation_to_the_next_reply() {
+    let gw = Gateway::start(espeak_synth()).await;
+    gw.plan(vec![Plan {
+        trailing_generation: true,
+        ..Plan::default()
+    }]);
+    let tts = tts(&gw);
+    let (a, _) = speak(&tts, &[REPLY[0]]).await;
+    assert_eq!(pcm_of(&a), espeak_24k(REPLY[0].trim()));
+    // The late generation arrives on the idle pooled connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (b, _) = speak(&tts, &[REPLY[1]]).await;
+    assert_eq!(text_of(&b), REPLY[1]);
+    assert!(
+        pcm_of(&b) == espeak_24k(REPLY[1].trim()),
+        "the second reply holds only its own audio"
+    );
+    assert_eq!(gw.conns().len(), 2, "the stale connection was replaced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tts_interruption_stops_at_once_and_drops_the_connection() {
     let gw = Gateway::start(espeak_synth()).await;
     gw.set_chunk_gap(Duration::from_millis(20));

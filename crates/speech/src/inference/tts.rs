@@ -38,8 +38,8 @@ use std::time::Duration;
 use agent::{AudioFrame, JobContext, StageError, Tts, TtsAudio, TtsInput, TtsStream};
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt;
 use futures::stream::{SplitSink, SplitStream};
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -172,15 +172,32 @@ impl Shared {
         Ok((ws, Instant::now()))
     }
 
-    /// A fresh idle connection for `job`, if the pool has one.
+    /// A fresh idle connection for `job`, if the pool has one. A pooled
+    /// connection with anything waiting to be read is not reused: it is
+    /// closed by the server, or still carries audio of an earlier reply (a
+    /// provider that split a flush into several generations).
     fn take(&self, job: &JobContext) -> Option<(Ws, Instant)> {
-        let mut pool = self.pool.lock().ok()?;
-        let now = Instant::now();
-        // Expired connections are dropped (closed) here.
-        pool.retain(|p| now.duration_since(p.opened) < self.options.max_session);
-        let i = pool.iter().rposition(|p| &p.job == job)?;
-        let p = pool.swap_remove(i);
-        Some((p.ws, p.opened))
+        loop {
+            let mut p = {
+                let mut pool = self.pool.lock().ok()?;
+                let now = Instant::now();
+                // Expired connections are dropped (closed) here.
+                pool.retain(|p| now.duration_since(p.opened) < self.options.max_session);
+                let i = pool.iter().rposition(|p| &p.job == job)?;
+                pool.swap_remove(i)
+            };
+            match recv_json(SERVICE, &mut p.ws).now_or_never() {
+                None => return Some((p.ws, p.opened)),
+                Some(stale) => {
+                    let what = match stale {
+                        Ok(Some(msg)) => format!("a {} message", msg["type"]),
+                        Ok(None) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::debug!(%what, "pooled TTS connection is not idle; closing it");
+                }
+            }
+        }
     }
 
     fn give_back(&self, ws: Ws, job: JobContext, opened: Instant) {

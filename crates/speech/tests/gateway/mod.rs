@@ -56,6 +56,10 @@ pub struct Plan {
     pub faults: Vec<(usize, Fault)>,
     /// TTS: audio chunks sent before a fault of the same trigger strikes.
     pub chunks_before_fault: usize,
+    /// TTS: after each flush's `done`, 50 ms later, one more generation
+    /// (100 ms of a constant 1234, then `done`), as providers that split a
+    /// flush do.
+    pub trailing_generation: bool,
 }
 
 /// What one connection saw.
@@ -581,6 +585,18 @@ async fn serve_tts(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
                 .is_err()
                 {
                     return;
+                }
+                if plan.trailing_generation {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let bytes: Vec<u8> = [1234i16; 2400]
+                        .iter()
+                        .flat_map(|s| s.to_le_bytes())
+                        .collect();
+                    let m = json!({"type": "output_audio", "audio": STANDARD.encode(&bytes), "session_id": format!("tts-{index}")});
+                    let done = json!({"type": "done", "session_id": format!("tts-{index}")});
+                    if send(&mut ws, m).await.is_err() || send(&mut ws, done).await.is_err() {
+                        return;
+                    }
                 }
             }
             other => problem(&state, index, format!("unexpected TTS message {other:?}")),
