@@ -28,8 +28,11 @@
 //! connection found dead before any audio came is replaced once, silently.
 //!
 //! Known limit: a provider that splits one flush into several generations
-//! (several `done`s) would end a segment at its first `done`; with one flush
-//! per sentence that split is not expected.
+//! (several `done`s) ends a segment at its first `done`; with one flush per
+//! sentence that split is not expected. Its late audio cannot leak into the
+//! next reply: audio or `done` owed to no segment marks the connection
+//! unusable, and a pooled connection with anything waiting to be read is
+//! replaced rather than reused.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
