@@ -39,6 +39,19 @@ impl AudioFrame {
         duration_of(self.samples_per_channel(), self.sample_rate)
     }
 
+    /// The frame cut into consecutive frames of at most `max` each (the last
+    /// may be shorter); the frame itself when it is short enough.
+    pub fn split(&self, max: Duration) -> Vec<AudioFrame> {
+        let per = samples_for(max, self.sample_rate).max(1) * self.channels.max(1) as usize;
+        if self.samples.len() <= per {
+            return vec![self.clone()];
+        }
+        self.samples
+            .chunks(per)
+            .map(|c| AudioFrame::new(c, self.sample_rate, self.channels))
+            .collect()
+    }
+
     /// The frame down-mixed to one channel (a cheap clone when already mono).
     pub fn to_mono(&self) -> AudioFrame {
         if self.channels <= 1 {
@@ -244,6 +257,25 @@ impl FrameConverter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cuts_into_whole_frames_of_at_most_the_duration() {
+        let f = AudioFrame::new(
+            (0..2 * 1000).map(|i| i as i16).collect::<Vec<_>>(),
+            16_000,
+            2,
+        );
+        let parts = f.split(Duration::from_millis(20));
+        // 1000 samples per channel at 16 kHz: 320 + 320 + 320 + 40.
+        let lens: Vec<usize> = parts.iter().map(AudioFrame::samples_per_channel).collect();
+        assert_eq!(lens, vec![320, 320, 320, 40]);
+        let joined: Vec<i16> = parts
+            .iter()
+            .flat_map(|p| p.samples.iter().copied())
+            .collect();
+        assert_eq!(joined, f.samples.to_vec());
+        assert_eq!(f.split(Duration::from_millis(100)), vec![f.clone()]);
+    }
 
     fn sine(freq: f64, rate: u32, secs: f64) -> Vec<i16> {
         (0..(rate as f64 * secs) as usize)

@@ -4,7 +4,7 @@
 //! LLM stream (closing its connection) and the TTS stream at once.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -15,6 +15,9 @@ use crate::chat::{ChatMessage, ToolCall, ToolSet};
 use crate::clock::Clock;
 use crate::playout::PlayoutWriter;
 use crate::sentence::SentenceSplitter;
+
+/// The longest frame handed to the playout queue.
+const PLAYOUT_FRAME: Duration = Duration::from_millis(20);
 use crate::stage::{JobContext, Llm, LlmChunk, LlmRequest, StageError, Tts, TtsInput, Usage};
 use crate::turn::ReplyId;
 
@@ -290,6 +293,9 @@ async fn pump_audio(
         let play = async {
             let mut converter = FrameConverter::new(writer.sample_rate());
             let mut first = true;
+            // Whether the text queued so far needs a space before more: each
+            // segment's text is a trimmed sentence.
+            let mut needs_space = false;
             while let Some(chunk) = output.recv().await {
                 match chunk {
                     Ok(audio) => {
@@ -299,9 +305,25 @@ async fn pump_audio(
                                 .send((id, ReplyEvent::FirstAudio { at: clock.now() }))
                                 .await;
                         }
+                        let mut text = audio.text;
+                        if !text.is_empty() {
+                            if needs_space && !text.starts_with(char::is_whitespace) {
+                                text.insert(0, ' ');
+                            }
+                            needs_space = !text.ends_with(char::is_whitespace);
+                        }
+                        // Short frames keep a pause or a clear prompt in every
+                        // sink, and the accounting of what was played exact.
                         let frame = converter.convert(&audio.frame);
-                        if writer.push(generation, frame, audio.text).await.is_err() {
-                            return;
+                        for (i, part) in frame.split(PLAYOUT_FRAME).into_iter().enumerate() {
+                            let text = if i == 0 {
+                                std::mem::take(&mut text)
+                            } else {
+                                String::new()
+                            };
+                            if writer.push(generation, part, text).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(e) => {

@@ -218,7 +218,8 @@ impl Tts for WordTts {
                 tokio::time::sleep(ms(50)).await;
                 let words = text.split_whitespace().count().max(1);
                 let chunks = vec![2400usize; words * 2];
-                let texts = split_text_by_duration(&format!("{text} "), &chunks);
+                // Like real engines: the segment's text, trimmed.
+                let texts = split_text_by_duration(&text, &chunks);
                 for (n, t) in chunks.iter().zip(texts) {
                     let frame = AudioFrame::new(vec![500i16; *n], 24_000, 1);
                     if out_tx.send(Ok(TtsAudio { frame, text: t })).await.is_err() {
@@ -522,7 +523,7 @@ async fn first_sentence_reaches_the_tts_before_the_reply_is_generated() {
 
 #[tokio::test(start_paused = true)]
 async fn interruption_keeps_only_the_played_text_in_history() {
-    let reply = "One two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen.";
+    let reply = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen sixteen.";
     let r = run(Setup {
         speech: vec![(1000, 2000), (4000, 5000)],
         total_ms: 12_000,
