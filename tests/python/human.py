@@ -20,7 +20,15 @@ Options (all optional, combined freely):
   --send-text-file PATH  send the UTF-8 content of PATH as a text stream (topic from
                          --send-topic, attributes from --send-attrs JSON) once a remote
                          participant is present
+  --barge-wav PATH       speak PATH over the agent: --barge-after seconds after the
+                         first voiced audio of the recorded track (needs --record-wav)
+  --barge-after S        (default 1.5)
   --duration S           exit after S seconds in total
+
+Timing events (loop clock, seconds) for barge-in measurements:
+  {"event": "record_start", "t": T}  the first recorded frame
+  {"event": "agent_audio", "t": T}   the first voiced recorded frame
+  {"event": "barge", "t": T}         the first frame of --barge-wav is captured
 """
 
 import argparse
@@ -50,6 +58,8 @@ async def main():
     ap.add_argument("--send-text-file")
     ap.add_argument("--send-topic", default="lk.transcription")
     ap.add_argument("--send-attrs", default="{}")
+    ap.add_argument("--barge-wav")
+    ap.add_argument("--barge-after", type=float, default=1.5)
     ap.add_argument("--duration", type=float, default=20.0)
     args = ap.parse_args()
 
@@ -70,6 +80,8 @@ async def main():
     room.on("participant_attributes_changed", on_attrs)
 
     recording_started = False
+    agent_voiced = asyncio.Event()
+    mic = {}  # "source": the published microphone, once published
 
     async def record(track, participant):
         stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
@@ -78,7 +90,13 @@ async def main():
         end = loop.time() + args.record_seconds
         try:
             async for ev in stream:
-                chunks.append(np.frombuffer(ev.frame.data, dtype=np.int16).copy())
+                pcm = np.frombuffer(ev.frame.data, dtype=np.int16).copy()
+                if not chunks:
+                    out({"event": "record_start", "t": loop.time()})
+                if not agent_voiced.is_set() and pcm.size and np.abs(pcm.astype(np.int32)).mean() > 300:
+                    out({"event": "agent_audio", "t": loop.time()})
+                    agent_voiced.set()
+                chunks.append(pcm)
                 if loop.time() >= end:
                     break
         finally:
@@ -114,20 +132,16 @@ async def main():
     for p in room.remote_participants.values():
         on_participant(p)
 
-    async def publish():
-        await asyncio.wait_for(remote_present.wait(), timeout=args.duration)
-        with wave.open(args.publish_wav, "rb") as w:
+    def read_wav(path):
+        with wave.open(path, "rb") as w:
             rate = w.getframerate()
             channels = w.getnchannels()
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
         if channels > 1:
             pcm = pcm.reshape(-1, channels)[:, 0].copy()
-        source = rtc.AudioSource(rate, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await room.local_participant.publish_track(track, opts)
-        out({"event": "published", "sample_rate": rate, "samples": int(pcm.size)})
-        await asyncio.sleep(args.publish_delay)
+        return rate, pcm
+
+    async def speak(source, rate, pcm, first_frame_event=None):
         step = rate // 100  # 10 ms frames
         for i in range(0, pcm.size, step):
             chunk = pcm[i:i + step]
@@ -135,8 +149,32 @@ async def main():
                 chunk = np.concatenate([chunk, np.zeros(step - chunk.size, dtype=np.int16)])
             frame = rtc.AudioFrame(chunk.tobytes(), rate, 1, step)
             await source.capture_frame(frame)
+            if i == 0 and first_frame_event:
+                out({"event": first_frame_event, "t": asyncio.get_running_loop().time()})
         await source.wait_for_playout()
+
+    async def publish():
+        await asyncio.wait_for(remote_present.wait(), timeout=args.duration)
+        rate, pcm = read_wav(args.publish_wav)
+        source = rtc.AudioSource(rate, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await room.local_participant.publish_track(track, opts)
+        mic["source"] = (source, rate)
+        out({"event": "published", "sample_rate": rate, "samples": int(pcm.size)})
+        await asyncio.sleep(args.publish_delay)
+        await speak(source, rate, pcm)
         out({"event": "played"})
+
+    async def barge():
+        await asyncio.wait_for(agent_voiced.wait(), timeout=args.duration)
+        await asyncio.sleep(args.barge_after)
+        source, rate = mic["source"]
+        brate, pcm = read_wav(args.barge_wav)
+        if brate != rate:
+            raise ValueError(f"--barge-wav rate {brate} differs from --publish-wav rate {rate}")
+        await speak(source, rate, pcm, first_frame_event="barge")
+        out({"event": "barged"})
 
     async def send_text():
         await asyncio.wait_for(remote_present.wait(), timeout=args.duration)
@@ -151,6 +189,8 @@ async def main():
         tasks.append(asyncio.ensure_future(publish()))
     if args.send_text_file:
         tasks.append(asyncio.ensure_future(send_text()))
+    if args.barge_wav:
+        tasks.append(asyncio.ensure_future(barge()))
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.duration

@@ -220,13 +220,19 @@ pub struct Human {
 impl Human {
     /// Start the script with these extra arguments.
     pub async fn spawn(url: &str, token: &str, args: &[&str]) -> Result<Self, HarnessError> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/human.py");
+        let mut all = vec!["--url", url, "--token", token];
+        all.extend_from_slice(args);
+        Self::spawn_script("human.py", &all).await
+    }
+
+    /// Start `python/<script>` with these arguments; it speaks the same
+    /// one-JSON-object-a-line protocol.
+    pub async fn spawn_script(script: &str, args: &[&str]) -> Result<Self, HarnessError> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(script);
         let mut child = Command::new(python()?)
             .arg(script)
-            .arg("--url")
-            .arg(url)
-            .arg("--token")
-            .arg(token)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -319,6 +325,50 @@ pub async fn espeak(text: &str, path: &Path) -> Result<(), HarnessError> {
         return Err(HarnessError::Other(format!("espeak-ng failed: {status}")));
     }
     Ok(())
+}
+
+/// Speaks each text with espeak-ng, each followed by its seconds of silence,
+/// into one WAV at `path` (22.05 kHz mono): a user asking several questions.
+pub async fn espeak_turns(turns: &[(&str, f64)], path: &Path) -> Result<(), HarnessError> {
+    let mut all = Pcm {
+        samples: Vec::new(),
+        sample_rate: 22_050,
+    };
+    for (i, (text, silence)) in turns.iter().enumerate() {
+        let part = path.with_extension(format!("part{i}.wav"));
+        espeak(text, &part).await?;
+        let pcm = read_wav(&part)?;
+        let _ = std::fs::remove_file(&part);
+        all.sample_rate = pcm.sample_rate;
+        all.samples.extend_from_slice(&pcm.samples);
+        let gap = (silence * f64::from(pcm.sample_rate)) as usize;
+        all.samples.extend(std::iter::repeat_n(0i16, gap));
+    }
+    write_wav(path, &all)
+}
+
+/// The texts of the final `lk.transcription` streams a [`Human`] received that
+/// transcribe the track `track_sid`, in arrival order.
+pub fn final_transcriptions(seen: &[serde_json::Value], track_sid: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|v| v["event"] == "text" && v["topic"] == "lk.transcription")
+        .filter(|v| v["attributes"]["lk.transcription_final"] == "true")
+        .filter(|v| v["attributes"]["lk.transcribed_track_id"] == track_sid)
+        .filter_map(|v| v["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The sid of the first audio track the [`Human`] subscribed to from a
+/// participant whose identity starts with `agent-`.
+pub fn agent_track_sid(seen: &[serde_json::Value]) -> Option<String> {
+    seen.iter()
+        .filter(|v| v["event"] == "track")
+        .find(|v| {
+            v["identity"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("agent-"))
+        })
+        .and_then(|v| v["sid"].as_str().map(str::to_owned))
 }
 
 /// Read a WAV (first channel).
@@ -555,67 +605,213 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), HarnessErr
     Ok((status, body))
 }
 
-/// A local OpenAI-compatible chat-completions server that streams `reply` (split
-/// in a few SSE chunks, then usage and `[DONE]`) to every request. Returns its
-/// base URL (`http://127.0.0.1:PORT/v1`) and a counter of requests served.
-pub async fn llm_stand_in(
-    reply: &'static str,
-) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>), HarnessError> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let count = std::sync::Arc::new(AtomicUsize::new(0));
-    let served = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let served = served.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
+/// `text` without ANSI colour sequences (the agent's readable logs have them).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
                 }
-                served.fetch_add(1, Ordering::SeqCst);
-                let mut r = String::from(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-                );
-                let words: Vec<&str> = reply.split_inclusive(' ').collect();
-                for piece in words.chunks(2) {
-                    let event = serde_json::json!({
-                        "id": "c1", "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": piece.concat()}, "finish_reason": null}]
-                    });
-                    r.push_str(&format!("data: {event}\n\n"));
-                }
-                r.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18}}\n\n");
-                r.push_str("data: [DONE]\n\n");
-                let _ = sock.write_all(r.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
+            }
+        } else {
+            out.push(c);
         }
-    });
-    Ok((format!("http://{addr}/v1"), count))
+    }
+    out
+}
+
+/// The value of the Prometheus sample `name` (exact series text, labels
+/// included) in `metrics`.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok())?
+    })
+}
+
+/// How the LLM stand-in answers one request.
+#[derive(Clone, Debug)]
+pub enum LlmAnswer {
+    /// Streams this text (two words a chunk), then usage and `[DONE]`.
+    Reply(String),
+    /// Fails with this HTTP status and an OpenAI-style error body.
+    Status(u16),
+    /// Sends the response head, then nothing, ever (a stalled provider).
+    Stall,
+}
+
+/// A local OpenAI-compatible chat-completions server. Each request is answered
+/// as `route` says, given the request body; every request body is kept for the
+/// test to inspect. Stops when dropped.
+pub struct LlmStandIn {
+    /// Base URL (`http://127.0.0.1:PORT/v1`).
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LlmStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LlmStandIn {
+    pub async fn start(
+        route: impl Fn(&serde_json::Value) -> LlmAnswer + Send + Sync + 'static,
+    ) -> Result<Self, HarnessError> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let route = std::sync::Arc::new(route);
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (kept, served) = (requests.clone(), count.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (route, kept, served) = (route.clone(), kept.clone(), served.clone());
+                connections.spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
+                    let answer = route(&body);
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(body);
+                    }
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let r = match answer {
+                        LlmAnswer::Reply(reply) => {
+                            let mut r = String::from(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                            );
+                            let words: Vec<&str> = reply.split_inclusive(' ').collect();
+                            for piece in words.chunks(2) {
+                                let event = serde_json::json!({
+                                    "id": "c1", "object": "chat.completion.chunk",
+                                    "choices": [{"index": 0, "delta": {"content": piece.concat()}, "finish_reason": null}]
+                                });
+                                r.push_str(&format!("data: {event}\n\n"));
+                            }
+                            r.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18}}\n\n");
+                            r.push_str("data: [DONE]\n\n");
+                            r
+                        }
+                        LlmAnswer::Status(status) => {
+                            let body = r#"{"error":{"message":"upstream failure","type":"server_error"}}"#;
+                            format!(
+                                "HTTP/1.1 {status} Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        }
+                        LlmAnswer::Stall => {
+                            let _ = sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+                                .await;
+                            std::future::pending::<()>().await;
+                            return;
+                        }
+                    };
+                    let _ = sock.write_all(r.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+                // Reap finished connections as we go.
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self {
+            url: format!("http://{addr}/v1"),
+            requests,
+            count,
+            task,
+        })
+    }
+
+    /// The request bodies received so far, in order.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// How many requests were received.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The messages of a chat-completions request with this role, in order.
+pub fn messages_of<'a>(request: &'a serde_json::Value, role: &str) -> Vec<&'a str> {
+    request["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|m| m["role"] == role)
+                .filter_map(|m| m["content"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An [`LlmStandIn`] that streams `reply` to every request.
+pub async fn llm_stand_in(reply: &'static str) -> Result<LlmStandIn, HarnessError> {
+    LlmStandIn::start(move |_| LlmAnswer::Reply(reply.to_owned())).await
+}
+
+/// Creates an explicit dispatch of `agent_name` into `room` through the real
+/// AgentDispatch API (the Python `livekit-api` client, `python/dispatch.py`).
+/// Returns the dispatch id.
+pub async fn create_dispatch(
+    server: &LiveKitServer,
+    room: &str,
+    agent_name: &str,
+) -> Result<String, HarnessError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/dispatch.py");
+    let out = Command::new(python()?)
+        .arg(script)
+        .args([server.url().as_str(), API_KEY, API_SECRET, room, agent_name])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| {
+        HarnessError::Other(format!(
+            "dispatch.py: {e}: {line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })?;
+    match (v["event"].as_str(), v["id"].as_str()) {
+        (Some("dispatched"), Some(id)) if out.status.success() => Ok(id.to_owned()),
+        _ => Err(HarnessError::Other(format!("dispatch failed: {v}"))),
+    }
 }
 
 /// Like [`token`], with the room configuration asking for the agent `agent_name`
@@ -672,14 +868,28 @@ impl AgentProcess {
         drain_timeout_s: f64,
         env: &[(&str, &str)],
     ) -> Result<Self, HarnessError> {
+        Self::start_configured(server, name, llm_url, drain_timeout_s, env, "", "").await
+    }
+
+    /// [`AgentProcess::start`] with `llm_keys` added to the `[llm]` table and
+    /// `sections` (whole TOML tables) appended to the config.
+    pub async fn start_configured(
+        server: &LiveKitServer,
+        name: &str,
+        llm_url: &str,
+        drain_timeout_s: f64,
+        env: &[(&str, &str)],
+        llm_keys: &str,
+        sections: &str,
+    ) -> Result<Self, HarnessError> {
         let dir = std::env::temp_dir().join(format!("va-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let http_port = free_port(false)?;
         let config = format!(
-            "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\nmax_retries = 0\n\
+            "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{llm_url}\"\nmax_retries = 0\n{llm_keys}\n\
              [tts]\nengine = \"espeak\"\n\
              [turn]\ndetector = \"none\"\n\
-             [worker]\nhttp_port = {http_port}\ndrain_timeout = {drain_timeout_s:?}\n"
+             [worker]\nhttp_port = {http_port}\ndrain_timeout = {drain_timeout_s:?}\n{sections}\n"
         );
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config)?;

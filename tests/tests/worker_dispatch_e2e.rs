@@ -1,12 +1,13 @@
 //! Explicit dispatch: a `voice-agent dev` worker registered with an agent name
-//! (`LIVEKIT_AGENT_NAME`) is not sent to a room created without asking for it,
-//! and is sent to a room whose creator's token asks for that agent.
+//! (`LIVEKIT_AGENT_NAME`) is not sent to a room created without asking for it;
+//! it is sent to a room whose creator's token asks for that agent, and to a
+//! room a backend asks for through the AgentDispatch API.
 
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, init_logging, llm_stand_in, token,
-    token_dispatching,
+    AgentProcess, HarnessError, Human, LiveKitServer, create_dispatch, init_logging, llm_stand_in,
+    token, token_dispatching,
 };
 
 fn err(msg: impl Into<String>) -> HarnessError {
@@ -26,7 +27,8 @@ fn agent_seen(seen: &[serde_json::Value]) -> Option<&serde_json::Value> {
 async fn named_worker_comes_only_when_dispatched() -> Result<(), HarnessError> {
     init_logging();
     let server = LiveKitServer::start().await?;
-    let (llm_url, _) = llm_stand_in("Hello.").await?;
+    let llm = llm_stand_in("Hello.").await?;
+    let llm_url = llm.url.clone();
     let AgentProcess {
         child: mut agent,
         http_port: _,
@@ -102,6 +104,49 @@ async fn named_worker_comes_only_when_dispatched() -> Result<(), HarnessError> {
         )));
     }
     asked.kill().await;
+
+    // A room with a user in it and no agent, until a backend creates a
+    // dispatch through the API.
+    let mut api_room = Human::spawn(
+        &server.url(),
+        &token("human", "api-dispatch")?,
+        &["--duration", "30"],
+    )
+    .await?;
+    api_room
+        .wait_event("ready", Duration::from_secs(30))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    while let Ok(v) = api_room
+        .wait_event("participant", Duration::from_millis(10))
+        .await
+    {
+        if v["identity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("agent-"))
+        {
+            return Err(err(format!("agent joined before the API dispatch: {v}")));
+        }
+    }
+    let dispatched = Instant::now();
+    let id = create_dispatch(&server, "api-dispatch", "kimi-e2e").await?;
+    loop {
+        let p = api_room
+            .wait_event("participant", Duration::from_secs(15))
+            .await
+            .map_err(|e| err(format!("{e}; dispatch {id}; agent log:\n{}", agent_log())))?;
+        if p["identity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("agent-"))
+        {
+            break;
+        }
+    }
+    eprintln!(
+        "API dispatch {id}: agent in the room {:?} after the request",
+        dispatched.elapsed()
+    );
+    api_room.kill().await;
     let _ = agent.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

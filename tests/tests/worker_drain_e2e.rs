@@ -19,7 +19,8 @@ fn err(msg: impl Into<String>) -> HarnessError {
 async fn sigterm_mid_reply_finishes_the_reply_and_exits_zero() -> Result<(), HarnessError> {
     init_logging();
     let server = LiveKitServer::start().await?;
-    let (llm_url, _) = llm_stand_in(REPLY).await?;
+    let llm = llm_stand_in(REPLY).await?;
+    let llm_url = llm.url.clone();
     let AgentProcess {
         child: mut agent,
         http_port: _,

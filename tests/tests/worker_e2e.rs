@@ -25,7 +25,8 @@ fn err(msg: impl Into<String>) -> HarnessError {
 async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessError> {
     init_logging();
     let server = LiveKitServer::start().await?;
-    let (llm_url, llm_requests) = llm_stand_in(REPLY).await?;
+    let llm = llm_stand_in(REPLY).await?;
+    let llm_url = llm.url.clone();
     let AgentProcess {
         child: mut agent,
         http_port,
@@ -139,7 +140,7 @@ async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessErro
     if e2e_tests::voiced(&env).is_none() {
         return Err(err("the agent's audio is silent"));
     }
-    if llm_requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    if llm.count() == 0 {
         return Err(err("the LLM stand-in was never asked"));
     }
     let (_, metrics) = http_get(http_port, "/metrics").await?;

@@ -29,7 +29,8 @@ async fn wait_health(port: u16, want: u16, within: Duration) -> bool {
 async fn worker_registers_again_after_server_restart() -> Result<(), HarnessError> {
     init_logging();
     let mut server = LiveKitServer::start().await?;
-    let (llm_url, _) = llm_stand_in("Hello.").await?;
+    let llm = llm_stand_in("Hello.").await?;
+    let llm_url = llm.url.clone();
     let AgentProcess {
         child: mut agent,
         http_port,
