@@ -3,6 +3,7 @@
 Prints one JSON object per line on stdout for the Rust test to read:
   {"event": "ready", "identity": ...}
   {"event": "participant", "identity": ..., "attributes": {...}}
+  {"event": "participant_left", "identity": ...}
   {"event": "attributes", "identity": ..., "attributes": {...}}
   {"event": "track", "identity": ..., "sid": ...}
   {"event": "recorded", "path": ..., "samples": N, "sample_rate": R}
@@ -72,6 +73,8 @@ async def main():
         remote_present.set()
 
     room.on("participant_connected", on_participant)
+    room.on("participant_disconnected",
+            lambda p: out({"event": "participant_left", "identity": p.identity}))
 
     def on_attrs(changed, participant):
         out({"event": "attributes", "identity": participant.identity,

@@ -108,8 +108,15 @@ pub struct LiveKitServer {
 }
 
 impl LiveKitServer {
-    /// Start on free ports and wait until it accepts connections.
+    /// Start on free ports and wait until it accepts connections (logging
+    /// warnings and errors).
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_logging("warn").await
+    }
+
+    /// [`LiveKitServer::start`] with this log level (`info` logs job status
+    /// updates, among much else).
+    pub async fn start_logging(level: &str) -> Result<Self, HarnessError> {
         let bin = server_bin()?;
         let port = free_port(false)?;
         let tcp_port = free_port(false)?;
@@ -117,7 +124,7 @@ impl LiveKitServer {
         let dir = std::env::temp_dir().join(format!("lk-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let config = format!(
-            "port: {port}\nbind_addresses: [\"127.0.0.1\"]\nrtc:\n  tcp_port: {tcp_port}\n  udp_port: {udp_port}\n  node_ip: 127.0.0.1\n  use_external_ip: false\n  enable_loopback_candidate: true\nlogging:\n  level: warn\n"
+            "port: {port}\nbind_addresses: [\"127.0.0.1\"]\nrtc:\n  tcp_port: {tcp_port}\n  udp_port: {udp_port}\n  node_ip: 127.0.0.1\n  use_external_ip: false\n  enable_loopback_candidate: true\nlogging:\n  level: {level}\n"
         );
         std::fs::write(dir.join("config.yaml"), config)?;
         let _ = bin;

@@ -1,0 +1,233 @@
+//! A panicking session ends its own job and nothing else: a worker (in this
+//! process, with a VAD stage that has a bug: it panics on speech) serves two
+//! rooms. The user in one room speaks; that session panics, its agent leaves,
+//! the server is told the job failed (`JS_FAILED`), and the metrics count one
+//! failed job. The agent in the other room stays, the worker stays registered,
+//! and a new room still gets an agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::ToolSet;
+use agent::session::{SessionOptions, Stages};
+use agent::stage::{
+    ErrorKind, JobContext, Llm, LlmRequest, LlmStream, StageError, Stt, SttStream, VadFactory,
+    VadModel,
+};
+use async_trait::async_trait;
+use e2e_tests::{
+    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, espeak, init_logging, token,
+};
+use tokio::sync::{mpsc, oneshot};
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError::Other(msg.into())
+}
+
+/// Never asked: no turn completes before the VAD panics.
+struct UnusedLlm;
+
+#[async_trait]
+impl Llm for UnusedLlm {
+    async fn chat(&self, _request: LlmRequest) -> Result<LlmStream, StageError> {
+        Err(StageError::new(ErrorKind::BadRequest, "not used"))
+    }
+}
+
+/// Hears audio and says nothing.
+struct SilentStt;
+
+#[async_trait]
+impl Stt for SilentStt {
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+    async fn stream(&self, _job: &JobContext) -> Result<SttStream, StageError> {
+        let (input, mut rx) = mpsc::channel(64);
+        let (_events_tx, events) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _keep = _events_tx;
+            while rx.recv().await.is_some() {}
+        });
+        Ok(SttStream { input, events })
+    }
+}
+
+/// The bug: panics on the first loud frame.
+struct BuggyVad;
+
+impl VadModel for BuggyVad {
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+    fn frame_len(&self) -> usize {
+        320
+    }
+    fn score(&mut self, frame: &[i16]) -> f32 {
+        let loud = frame.iter().any(|s| s.unsigned_abs() > 2000);
+        assert!(!loud, "bug in a VAD stage: speech");
+        0.0
+    }
+    fn reset(&mut self) {}
+}
+
+impl VadFactory for BuggyVad {
+    fn create(&self) -> Result<Box<dyn VadModel>, StageError> {
+        Ok(Box::new(BuggyVad))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError> {
+    init_logging();
+    let server = LiveKitServer::start_logging("info").await?;
+    let factory = Arc::new(worker::SessionFactory {
+        stages: Stages {
+            llm: Arc::new(UnusedLlm) as Arc<dyn Llm>,
+            stt: Some(Arc::new(SilentStt)),
+            tts: None,
+            vad: Some(Arc::new(BuggyVad)),
+            turn_detector: None,
+            tools: ToolSet::new(),
+        },
+        options: SessionOptions::default(),
+        output_rate: 48_000,
+    });
+    let mut job_options = worker::JobOptions::default();
+    job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];
+    let metrics = Arc::new(worker::Metrics::default());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(worker::run(
+        worker::WorkerOptions {
+            url: server.url(),
+            api_key: API_KEY.into(),
+            api_secret: API_SECRET.into(),
+            agent_name: String::new(),
+            max_jobs: 10,
+            load_threshold: 1.0,
+            drain_timeout: Duration::from_secs(2),
+            http_addr: None,
+            report_interval: Duration::from_millis(500),
+        },
+        factory,
+        Arc::new(job_options),
+        metrics.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !metrics.healthy() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(err("the worker never registered"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = std::env::temp_dir().join(format!("va-panic-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let speech = dir.join("speech.wav");
+    espeak("Hello, can you hear me?", &speech).await?;
+    let speech = speech.to_str().ok_or_else(|| err("path"))?;
+
+    // The quiet room first, then the room whose user speaks.
+    let mut quiet = Human::spawn(
+        &server.url(),
+        &token("quiet", "panic-quiet")?,
+        &["--duration", "60"],
+    )
+    .await?;
+    let agent_of = |v: &serde_json::Value| {
+        v["identity"]
+            .as_str()
+            .filter(|i| i.starts_with("agent-"))
+            .map(str::to_owned)
+    };
+    let quiet_agent = loop {
+        let v = quiet
+            .wait_event("participant", Duration::from_secs(30))
+            .await?;
+        if let Some(a) = agent_of(&v) {
+            break a;
+        }
+    };
+    let mut loud = Human::spawn(
+        &server.url(),
+        &token("loud", "panic-loud")?,
+        &["--publish-wav", speech, "--duration", "60"],
+    )
+    .await?;
+    let loud_agent = loop {
+        let v = loud
+            .wait_event("participant", Duration::from_secs(30))
+            .await?;
+        if let Some(a) = agent_of(&v) {
+            break a;
+        }
+    };
+    // The speaking user's agent panics and leaves.
+    loop {
+        let v = loud
+            .wait_event("participant_left", Duration::from_secs(30))
+            .await
+            .map_err(|e| err(format!("the panicking session's agent stayed: {e}")))?;
+        if v["identity"].as_str() == Some(loud_agent.as_str()) {
+            break;
+        }
+    }
+    // The server was told the job failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        if log
+            .lines()
+            .any(|l| l.contains("job ended") && l.contains("JS_FAILED"))
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(format!("no JS_FAILED in the server log:\n{log}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rendered = metrics.render();
+    if !rendered.contains("voice_agent_jobs_ended_total{result=\"failed\"} 1") {
+        return Err(err(format!("one failed job expected: {rendered}")));
+    }
+    // Nothing else: the other agent is still there, the worker still serves.
+    if let Ok(v) = quiet
+        .wait_event("participant_left", Duration::from_secs(2))
+        .await
+    {
+        return Err(err(format!("the other room lost its agent: {v}")));
+    }
+    if !metrics.healthy() || metrics.active_sessions() != 1 {
+        return Err(err(format!(
+            "worker healthy {}, sessions {} (want 1)",
+            metrics.healthy(),
+            metrics.active_sessions()
+        )));
+    }
+    let mut fresh = Human::spawn(
+        &server.url(),
+        &token("fresh", "panic-fresh")?,
+        &["--duration", "30"],
+    )
+    .await?;
+    loop {
+        let v = fresh
+            .wait_event("participant", Duration::from_secs(30))
+            .await?;
+        if agent_of(&v).is_some() {
+            break;
+        }
+    }
+    eprintln!("panic isolated: {quiet_agent} stayed, {loud_agent} failed alone");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), run).await;
+    quiet.kill().await;
+    loud.kill().await;
+    fresh.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
