@@ -9,15 +9,15 @@
 //! - TTS: `TtsInput::Segment` sent on a (pooled) stream → first audio frame
 //!   out of the stream.
 //!
-//! `cargo bench -p speech --bench inference`. One run on the project's
+//! `cargo bench -p speech --bench inference`. Two runs on the project's
 //! 2-core machine (busy with other builds), release, 1000 STT / 500 TTS
-//! iterations after 30 warm-up:
+//! iterations after 30 warm-up; ranges are over the runs:
 //!
 //! | path | p50 | p90 | p99 | max |
 //! |---|---|---|---|---|
-//! | STT finalize → first event | 0.125 ms | 0.180 ms | 0.269 ms | 4.2 ms |
-//! | STT finalize → final transcript | 0.140 ms | 0.194 ms | 0.286 ms | 4.2 ms |
-//! | TTS segment → first audio | 0.371 ms | 0.405 ms | 0.456 ms | 0.5 ms |
+//! | STT finalize → first event | 0.125–0.131 ms | 0.18–0.20 ms | 0.27–0.34 ms | 0.9–4.2 ms |
+//! | STT finalize → final transcript | 0.140 ms | 0.19–0.23 ms | 0.29–0.39 ms | 1.0–4.2 ms |
+//! | TTS segment → first audio | 0.371–0.378 ms | 0.41–0.52 ms | 0.46–0.97 ms | 0.5–2.4 ms |
 //!
 //! The TTS figure includes two messages out (`input_transcript`,
 //! `session.flush`) and decoding 100 ms of base64 PCM into a frame.
