@@ -145,6 +145,13 @@ impl CadenceHistogram {
         Some(Duration::MAX)
     }
 
+    /// Values recorded in buckets wholly above `threshold` (so within one
+    /// 250 µs bucket of exact): frames later than a receiver can absorb, say.
+    pub fn count_over(&self, threshold: Duration) -> u64 {
+        let first = bucket(threshold) + 1;
+        self.counts.iter().skip(first).sum()
+    }
+
     /// What was recorded after `earlier` (a snapshot of the same histogram).
     pub fn since(&self, earlier: &Self) -> Self {
         let mut out = *self;
@@ -199,6 +206,18 @@ impl AtomicHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_over_counts_the_buckets_above_the_threshold() {
+        let mut h = CadenceHistogram::default();
+        for ms in [1u64, 5, 19, 20, 21, 40, 500] {
+            h.record(Duration::from_millis(ms));
+        }
+        // 20 ms sits in the bucket [20, 20.25): not over; 21, 40 and 500 are.
+        assert_eq!(h.count_over(Duration::from_millis(20)), 3);
+        assert_eq!(h.count_over(Duration::ZERO), 7);
+        assert_eq!(h.count_over(Duration::from_secs(1)), 0);
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
