@@ -219,6 +219,7 @@ pub async fn run(
             tokio::time::sleep(wait).await;
         }
         drop(output_pump);
+        metrics.audio_sent(&track.stats());
         metrics.session_ended(outcome.is_ok());
         outcome
     }

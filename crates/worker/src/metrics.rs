@@ -50,7 +50,14 @@ struct Inner {
     draining: bool,
     load: f32,
     reconnects_total: u64,
+    /// Agent audio frames sent, and those that left late (see [`LATE_FRAME`]).
+    audio_frames_total: u64,
+    audio_frames_late_total: u64,
 }
+
+/// A frame leaving more than one frame period after its slot is late: the
+/// receiver's jitter buffer has had to wait for it.
+pub const LATE_FRAME: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The worker's metrics.
 #[derive(Debug, Default)]
@@ -119,6 +126,15 @@ impl Metrics {
 
     pub fn set_load(&self, load: f32) {
         self.with(|m| m.load = load);
+    }
+
+    /// Adds the pacing record of a session's published track (at its end).
+    pub fn audio_sent(&self, stats: &rtc::PacerStats) {
+        self.with(|m| {
+            m.audio_frames_total += stats.frames_sent;
+            m.audio_frames_late_total +=
+                stats.lateness.count_over(LATE_FRAME) + stats.slots_skipped;
+        });
     }
 
     pub fn reconnected(&self) {
@@ -195,6 +211,16 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
+            "# HELP voice_agent_audio_frames_total Agent audio frames sent (20 ms each), counted when a session ends.\n# TYPE voice_agent_audio_frames_total counter\nvoice_agent_audio_frames_total {}",
+            m.audio_frames_total
+        );
+        let _ = writeln!(
+            o,
+            "# HELP voice_agent_audio_frames_late_total Agent audio frames sent more than 20 ms after their slot, or skipped.\n# TYPE voice_agent_audio_frames_late_total counter\nvoice_agent_audio_frames_late_total {}",
+            m.audio_frames_late_total
+        );
+        let _ = writeln!(
+            o,
             "# HELP voice_agent_worker_reconnects_total Connections to the server after the first.\n# TYPE voice_agent_worker_reconnects_total counter\nvoice_agent_worker_reconnects_total {}",
             m.reconnects_total
         );
@@ -261,10 +287,28 @@ mod tests {
             ..Default::default()
         });
         m.error("llm", "http \"500\"");
+        let mut stats = rtc::PacerStats {
+            frames_sent: 100,
+            slots_skipped: 1,
+            ..Default::default()
+        };
+        for ms in [5u64, 19, 25, 60] {
+            stats.lateness.record(Duration::from_millis(ms));
+        }
+        m.audio_sent(&stats);
         m.session_ended(false);
         let text = m.render();
         assert!(text.contains("voice_agent_sessions_total 1"), "{text}");
         assert!(text.contains("voice_agent_sessions_active 0"), "{text}");
+        assert!(
+            text.contains("voice_agent_audio_frames_total 100"),
+            "{text}"
+        );
+        // 25 and 60 ms late, and one skipped slot.
+        assert!(
+            text.contains("voice_agent_audio_frames_late_total 3"),
+            "{text}"
+        );
         assert!(
             text.contains("voice_agent_jobs_ended_total{result=\"failed\"} 1"),
             "{text}"
