@@ -1,0 +1,331 @@
+//! N concurrent rooms against one worker process.
+//!
+//! For each N: a fresh livekit-server and a fresh `voice-agent dev` worker
+//! (the release build); N rooms, each with a real LiveKit Python client user
+//! (several rooms per Python process, `python/rooms.py`) that speaks an
+//! espeak-ng question `TURNS` times. Speech goes through LiveKit Inference
+//! stand-ins (the gateway of crates/speech's tests: scripted STT, espeak PCM
+//! for TTS) and the LLM stand-in, so the figures are the framework's, not a
+//! local model's.
+//!
+//! Printed per N: dispatch → published track (from the worker's log: job
+//! assigned → job running), per-stage turn latencies (the worker's own turn
+//! metrics), the worker's CPU (% of one core, over the talking window), its
+//! RSS (idle, peak, and per added session), and its late audio frames.
+//!
+//! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
+//! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
+
+#[path = "../../crates/speech/tests/gateway/mod.rs"]
+mod gateway;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{
+    HarnessError, Human, LiveKitServer, LlmStandIn, espeak, free_port, http_get, llm_stand_in,
+    metric, read_wav, resample, strip_ansi, token, voice_agent_bin,
+};
+use tokio::process::{Child, Command};
+
+/// Users per Python process.
+const ROOMS_PER_PROCESS: usize = 25;
+/// Seconds between one user's questions (start to start).
+const GAP_S: f64 = 8.0;
+const QUESTION: &str = "What is the capital of France?";
+const ANSWER: &str = "The capital of France is Paris.";
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError::Other(msg.into())
+}
+
+fn main() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("rooms bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+async fn run() -> Result<(), HarnessError> {
+    let sizes = env_list("ROOMS", "1,10,50");
+    let turns = env_list("TURNS", "3").first().copied().unwrap_or(3);
+    let bin = voice_agent_bin()?;
+    if !bin.to_string_lossy().contains("release") {
+        eprintln!("note: measuring a non-release build: {}", bin.display());
+    }
+    let dir = std::env::temp_dir().join(format!("va-rooms-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let question = dir.join("question.wav");
+    espeak(QUESTION, &question).await?;
+    let answer_wav = dir.join("answer.wav");
+    espeak(ANSWER, &answer_wav).await?;
+    let answer = Arc::new(resample(&read_wav(&answer_wav)?, 24_000).samples);
+
+    println!(
+        "rooms bench: {turns} questions per room, {GAP_S} s apart; cloud speech stand-ins; worker {}",
+        bin.display()
+    );
+    println!(
+        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | RSS idle → peak MB | MB per session | late frames |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        match one_size(n, turns, &dir, &question, answer.clone()).await {
+            Ok(row) => println!("{row}"),
+            Err(e) => println!("| {n} | failed: {e} |"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Process CPU time (user + system) in seconds, and RSS in MB.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, rss_kb / 1024.0))
+}
+
+struct Worker {
+    child: Child,
+    http_port: u16,
+    log: std::path::PathBuf,
+}
+
+async fn start_worker(
+    server: &LiveKitServer,
+    gw: &gateway::Gateway,
+    llm: &LlmStandIn,
+    dir: &Path,
+    n: usize,
+) -> Result<Worker, HarnessError> {
+    let http_port = free_port(false)?;
+    let config = format!(
+        "[llm]\nbackend = \"openai-compatible\"\nmodel = \"kimi-test\"\nbase_url = \"{}\"\nmax_retries = 0\n\
+         [stt]\nengine = \"livekit\"\nmodel = \"deepgram/nova-3\"\n\
+         [tts]\nengine = \"livekit\"\nmodel = \"cartesia/sonic-2\"\nvoice = \"bench\"\n\
+         [turn]\ndetector = \"none\"\n\
+         [worker]\nhttp_port = {http_port}\nmax_sessions = {}\nload_threshold = 1.0\ndrain_timeout = 5.0\n",
+        llm.url,
+        n + 10
+    );
+    let config_path = dir.join(format!("agent-{n}.toml"));
+    std::fs::write(&config_path, config)?;
+    let log = dir.join(format!("agent-{n}.log"));
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(voice_agent_bin()?)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("dev")
+        .env("LIVEKIT_URL", server.url())
+        .env("LIVEKIT_API_KEY", e2e_tests::API_KEY)
+        .env("LIVEKIT_API_SECRET", e2e_tests::API_SECRET)
+        .env("LIVEKIT_INFERENCE_URL", gw.base_url())
+        .env("LIVEKIT_INFERENCE_API_KEY", gateway::KEY)
+        .env("LIVEKIT_INFERENCE_API_SECRET", gateway::SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()?;
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(http_port, "/").await {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(err(format!(
+                "worker never healthy: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Worker {
+        child,
+        http_port,
+        log,
+    })
+}
+
+/// Seconds since midnight of an RFC 3339 timestamp at the start of a log line.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?; // HH:MM:SS.ffffff
+    let h: f64 = t.get(0..2)?.parse().ok()?;
+    let m: f64 = t.get(3..5)?.parse().ok()?;
+    let s: f64 = t.get(6..)?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// `key=value` fields of a log line.
+fn fields(line: &str) -> HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect()
+}
+
+fn percentiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    format!("{:.0} / {:.0}", at(50.0), at(99.0))
+}
+
+async fn one_size(
+    n: usize,
+    turns: usize,
+    dir: &Path,
+    question: &Path,
+    answer: Arc<Vec<i16>>,
+) -> Result<String, HarnessError> {
+    let server = LiveKitServer::start().await?;
+    let gw = gateway::Gateway::start(Arc::new(move |_: &str| answer.as_ref().clone())).await;
+    // Every end of speech is answered with the question (plenty to spare).
+    let script = vec![QUESTION; n * turns * 4];
+    gw.script(&script);
+    let llm = llm_stand_in(ANSWER).await?;
+    let mut worker = start_worker(&server, &gw, &llm, dir, n).await?;
+    let pid = worker.child.id().ok_or_else(|| err("worker pid"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, rss_idle) = proc_usage(pid).ok_or_else(|| err("no /proc for the worker"))?;
+
+    let question = question.to_str().ok_or_else(|| err("path"))?;
+    let duration = 8.0 + GAP_S * (turns as f64 + 1.0);
+    let rooms: Vec<String> = (0..n).map(|i| format!("bench-{n}-{i}")).collect();
+    let mut users = Vec::new();
+    for chunk in rooms.chunks(ROOMS_PER_PROCESS) {
+        let mut args = vec!["--url".to_owned(), server.url()];
+        for room in chunk {
+            args.push("--join".into());
+            args.push(format!("{room}={}", token(&format!("user-{room}"), room)?));
+        }
+        args.extend([
+            "--publish-wav".into(),
+            question.into(),
+            "--turns".into(),
+            turns.to_string(),
+            "--gap".into(),
+            GAP_S.to_string(),
+            "--duration".into(),
+            duration.to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        users.push(Human::spawn_script("rooms.py", &args).await?);
+    }
+
+    // Sample the worker while the users talk.
+    let (cpu0, _) = proc_usage(pid).ok_or_else(|| err("worker gone"))?;
+    let t0 = Instant::now();
+    let mut rss_peak = rss_idle;
+    let mut cpu1 = cpu0;
+    let mut t1 = t0;
+    while t0.elapsed() < Duration::from_secs_f64(duration - 1.0) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some((cpu, rss)) = proc_usage(pid) {
+            rss_peak = rss_peak.max(rss);
+            cpu1 = cpu;
+            t1 = Instant::now();
+        }
+    }
+    let cpu_pct = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64().max(1e-3) * 100.0;
+    for u in &mut users {
+        let _ = u.wait_event("done", Duration::from_secs(60)).await;
+    }
+    // Sessions end as users leave; their audio pacing is then counted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, m) = http_get(worker.http_port, "/metrics").await?;
+        if metric(&m, "voice_agent_sessions_active") == Some(0.0) || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let frames = metric(&metrics, "voice_agent_audio_frames_total").unwrap_or(0.0);
+    let late = metric(&metrics, "voice_agent_audio_frames_late_total").unwrap_or(0.0);
+
+    let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+    let mut assigned: HashMap<String, f64> = HashMap::new();
+    let mut dispatch = Vec::new();
+    let (mut eou, mut ttft, mut ttfb, mut e2e) = (vec![], vec![], vec![], vec![]);
+    for line in log.lines() {
+        let f = fields(line);
+        if line.contains("job assigned") {
+            if let (Some(job), Some(t)) = (f.get("job"), log_time(line)) {
+                assigned.insert((*job).to_owned(), t);
+            }
+        } else if line.contains("job running") {
+            if let (Some(job), Some(t)) = (f.get("job"), log_time(line))
+                && let Some(a) = assigned.get(*job)
+            {
+                dispatch.push((t - a) * 1000.0);
+            }
+        } else if line.contains("turn metrics") && f.contains_key("end_of_utterance_ms") {
+            let ms = |k: &str| {
+                f.get(k)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| *v >= 0.0)
+            };
+            eou.extend(ms("end_of_utterance_ms"));
+            ttft.extend(ms("llm_ttft_ms"));
+            ttfb.extend(ms("tts_ttfb_ms"));
+            e2e.extend(ms("end_to_end_ms"));
+        }
+    }
+    let _ = worker.child.kill().await;
+    let turns_done = e2e.len();
+    if dispatch.len() < n {
+        return Err(err(format!(
+            "only {} of {n} rooms got an agent",
+            dispatch.len()
+        )));
+    }
+    Ok(format!(
+        "| {n} | {} | {} | {} | {} | {} | {turns_done} | {cpu_pct:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
+        percentiles(dispatch),
+        percentiles(eou),
+        percentiles(ttft),
+        percentiles(ttfb),
+        percentiles(e2e),
+        (rss_peak - rss_idle) / n as f64,
+        if frames > 0.0 {
+            late / frames * 100.0
+        } else {
+            0.0
+        },
+    ))
+}
