@@ -12,7 +12,9 @@
 //! - worker status reports: `WS_FULL` when draining, at the cap or above the threshold.
 //!
 //! Accepted jobs whose assignment never comes are forgotten after
-//! [`ASSIGNMENT_TIMEOUT`] (the server gives up after 10 s).
+//! [`ASSIGNMENT_TIMEOUT`] (the server gives up after 10 s). A registration
+//! unanswered for [`REGISTER_TIMEOUT`] gives up the connection
+//! ([`Output::Reconnect`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -22,6 +24,9 @@ use proto::{server_message, worker_message};
 
 /// How long an accepted job waits for its assignment before it is forgotten.
 pub const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a registration may go unanswered before the connection is given up.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The participant attribute naming the agent.
 pub const AGENT_NAME_ATTRIBUTE: &str = "lk.agent.name";
@@ -66,6 +71,9 @@ pub enum Output {
     StartJob(JobStart),
     /// End this job now (server termination).
     StopJob { job_id: String },
+    /// Give up this connection and connect again (the server never answered
+    /// the registration).
+    Reconnect,
 }
 
 /// How a job ended.
@@ -83,6 +91,8 @@ pub struct WorkerProtocol {
     /// Worker id once registered on the current connection.
     worker_id: Option<String>,
     connected: bool,
+    /// When the unanswered registration on this connection was sent.
+    registering_since: Option<Instant>,
     /// Jobs accepted (availability answered yes) awaiting their assignment.
     pending: HashMap<String, Instant>,
     /// Jobs assigned and not yet ended.
@@ -100,6 +110,7 @@ impl WorkerProtocol {
             options,
             worker_id: None,
             connected: false,
+            registering_since: None,
             pending: HashMap::new(),
             running: HashSet::new(),
             load: 0.0,
@@ -110,8 +121,9 @@ impl WorkerProtocol {
     }
 
     /// A new connection is up: register on it.
-    pub fn connected(&mut self) {
+    pub fn connected(&mut self, now: Instant) {
         self.connected = true;
+        self.registering_since = Some(now);
         self.worker_id = None;
         self.seq = 0;
         self.out
@@ -136,6 +148,7 @@ impl WorkerProtocol {
     /// awaiting their assignment are forgotten (the server reassigns them).
     pub fn disconnected(&mut self) {
         self.connected = false;
+        self.registering_since = None;
         self.worker_id = None;
         self.pending.clear();
     }
@@ -169,6 +182,7 @@ impl WorkerProtocol {
     pub fn handle_server(&mut self, now: Instant, msg: server_message::Message) {
         match msg {
             server_message::Message::Register(r) => {
+                self.registering_since = None;
                 self.worker_id = Some(r.worker_id.clone());
                 self.out.push_back(Output::Registered {
                     worker_id: r.worker_id,
@@ -302,8 +316,15 @@ impl WorkerProtocol {
         };
     }
 
-    /// The periodic report: forget stale accepted jobs, then send the status.
+    /// The periodic report: give up an unanswered registration, forget stale
+    /// accepted jobs, then send the status.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(since) = self.registering_since
+            && now.saturating_duration_since(since) >= REGISTER_TIMEOUT
+        {
+            self.disconnected();
+            self.out.push_back(Output::Reconnect);
+        }
         self.pending
             .retain(|_, at| now.saturating_duration_since(*at) < ASSIGNMENT_TIMEOUT);
         self.push_status();
@@ -363,7 +384,7 @@ mod tests {
     }
 
     fn register(m: &mut WorkerProtocol, now: Instant) {
-        m.connected();
+        m.connected(now);
         m.handle_server(
             now,
             server_message::Message::Register(proto::RegisterWorkerResponse {
@@ -424,7 +445,7 @@ mod tests {
             max_jobs: 4,
             load_threshold: 0.7,
         });
-        m.connected();
+        m.connected(Instant::now());
         let out = drain(&mut m);
         let [Output::Send(worker_message::Message::Register(r))] = out.as_slice() else {
             panic!("expected one register, got {out:?}");
@@ -596,6 +617,25 @@ mod tests {
         let s = last_status(&out).expect("status");
         assert_eq!(s.job_count, 1, "J1 still runs, J2 was forgotten");
         assert_eq!(s.seq, 1, "seq restarts per registration");
+    }
+
+    #[test]
+    fn an_unanswered_registration_gives_up_the_connection() {
+        let t0 = Instant::now();
+        let mut m = machine(3);
+        m.connected(t0);
+        drain(&mut m);
+        m.handle_timeout(t0 + REGISTER_TIMEOUT - Duration::from_millis(1));
+        assert!(!drain(&mut m).contains(&Output::Reconnect), "not yet");
+        m.handle_timeout(t0 + REGISTER_TIMEOUT);
+        assert_eq!(drain(&mut m), vec![Output::Reconnect]);
+        m.handle_timeout(t0 + REGISTER_TIMEOUT * 2);
+        assert!(drain(&mut m).is_empty(), "once per connection");
+        // An answered registration never times out.
+        register(&mut m, t0);
+        drain(&mut m);
+        m.handle_timeout(t0 + REGISTER_TIMEOUT * 3);
+        assert!(!drain(&mut m).contains(&Output::Reconnect));
     }
 
     #[test]

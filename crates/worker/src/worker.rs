@@ -238,7 +238,7 @@ impl Loop {
                             tracing::info!(url = %options.url, "connected to the agent endpoint");
                             self.sink = Some(sink);
                             self.stream = Some(stream);
-                            self.machine.connected();
+                            self.machine.connected(std::time::Instant::now());
                         }
                         Err(e @ WorkerError::Refused { status: 401 | 403 }) if connections == 0 => return Err(e),
                         Err(e) => {
@@ -292,6 +292,13 @@ impl Loop {
             self.carry_out().await;
             if draining && self.jobs.is_empty() {
                 break;
+            }
+            // Lost while carrying out (a failed send, a registration never
+            // answered): connect again.
+            if self.sink.is_none() && connecting.is_none() && next_connect.is_none() && !draining {
+                let delay = conn::backoff(attempt, rand::random_range(0.5..1.5));
+                attempt = attempt.saturating_add(1);
+                next_connect = Some(Instant::now() + delay);
             }
         }
         if let Some(mut sink) = self.sink.take() {
@@ -347,6 +354,10 @@ impl Loop {
                     ));
                     self.job_ids.insert(handle.id(), start.job_id.clone());
                     self.stops.insert(start.job_id, stop_tx);
+                }
+                Output::Reconnect => {
+                    tracing::warn!("the server never answered the registration: reconnecting");
+                    self.lost();
                 }
                 Output::StopJob { job_id } => {
                     tracing::info!(job = %job_id, "job terminated by the server");
