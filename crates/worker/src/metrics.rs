@@ -131,7 +131,8 @@ impl Metrics {
     /// Adds the pacing record of a session's published track (at its end).
     pub fn audio_sent(&self, stats: &rtc::PacerStats) {
         self.with(|m| {
-            m.audio_frames_total += stats.frames_sent;
+            // A skipped slot is a frame that should have left: count it in both.
+            m.audio_frames_total += stats.frames_sent + stats.slots_skipped;
             m.audio_frames_late_total +=
                 stats.lateness.count_over(LATE_FRAME) + stats.slots_skipped;
         });
@@ -211,7 +212,7 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
-            "# HELP voice_agent_audio_frames_total Agent audio frames sent (20 ms each), counted when a session ends.\n# TYPE voice_agent_audio_frames_total counter\nvoice_agent_audio_frames_total {}",
+            "# HELP voice_agent_audio_frames_total Agent audio frame slots (20 ms each: sent or skipped), counted when a session ends.\n# TYPE voice_agent_audio_frames_total counter\nvoice_agent_audio_frames_total {}",
             m.audio_frames_total
         );
         let _ = writeln!(
