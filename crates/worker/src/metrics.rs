@@ -302,7 +302,7 @@ mod tests {
         assert!(text.contains("voice_agent_sessions_total 1"), "{text}");
         assert!(text.contains("voice_agent_sessions_active 0"), "{text}");
         assert!(
-            text.contains("voice_agent_audio_frames_total 100"),
+            text.contains("voice_agent_audio_frames_total 101"),
             "{text}"
         );
         // 25 and 60 ms late, and one skipped slot.
