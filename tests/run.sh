@@ -9,9 +9,10 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
 # Debian packages: speech fixtures and engines (espeak-ng), Opus, pkg-config,
-# Python with venv and pip (model downloads, the LiveKit Python client).
+# Python with venv and pip (model downloads, the LiveKit Python client), ALSA
+# headers (cpal) and PulseAudio with its tools (the console's device tests).
 need=()
-for pkg in espeak-ng libespeak-ng-dev libopus-dev pkg-config python3-venv python3-pip; do
+for pkg in espeak-ng libespeak-ng-dev libopus-dev pkg-config python3-venv python3-pip libasound2-dev pulseaudio pulseaudio-utils; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, Sample, SampleFormat, SizedSample, StreamConfig};
@@ -18,12 +18,19 @@ use tokio::sync::mpsc;
 
 use crate::ConsoleError;
 
-/// Device period asked for (the backend may round it): 10 ms.
-const PERIOD: Duration = Duration::from_millis(10);
+/// Device periods asked for (the backend may round them). Input: 10 ms, the
+/// pump's block. Output: 20 ms, so the audio server holds 40 ms of ours: with
+/// 20 ms, a client late under load made the server play silence now and
+/// then, which shifts the echo away from the reference the canceller has and
+/// let the agent hear itself. (The pump's output ring must stay deeper than
+/// the output period, or every callback would find it short.)
+const INPUT_PERIOD: Duration = Duration::from_millis(10);
+pub const OUTPUT_PERIOD: Duration = Duration::from_millis(20);
 
 /// Counters and measurements the callbacks publish.
-#[derive(Default)]
 pub struct DeviceStats {
+    /// The origin of the start times below.
+    pub epoch: Instant,
     /// Input frames lost because the input ring was full.
     pub input_overruns: AtomicU64,
     /// Output frames played as silence because the output ring was empty
@@ -36,10 +43,40 @@ pub struct DeviceStats {
     pub output_xruns: AtomicU64,
     /// Backend errors that passed (see [`BACKEND_ERRORS_TOLERATED`]).
     pub backend_errors: AtomicU64,
+    /// When each stream's first sample was captured / will be played, in
+    /// µs after [`DeviceStats::epoch`] (0: not yet): the two sample clocks'
+    /// common origin, which lines the speaker's samples up with the
+    /// microphone's for the echo canceller.
+    pub input_start_us: AtomicU64,
+    pub output_start_us: AtomicU64,
     /// Capture → callback delay the backend reports, in µs.
     pub input_device_latency_us: AtomicU32,
     /// Callback → playback delay the backend reports, in µs.
     pub output_device_latency_us: AtomicU32,
+}
+
+impl Default for DeviceStats {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            input_overruns: AtomicU64::new(0),
+            output_underruns: AtomicU64::new(0),
+            input_xruns: AtomicU64::new(0),
+            output_xruns: AtomicU64::new(0),
+            backend_errors: AtomicU64::new(0),
+            input_start_us: AtomicU64::new(0),
+            output_start_us: AtomicU64::new(0),
+            input_device_latency_us: AtomicU32::new(0),
+            output_device_latency_us: AtomicU32::new(0),
+        }
+    }
+}
+
+impl DeviceStats {
+    /// µs since the epoch, at least 1 (0 means unset).
+    fn since_epoch_us(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_micros() as u64).max(1)
+    }
 }
 
 /// An open input or output stream and its format.
@@ -67,6 +104,15 @@ fn label(device: &cpal::Device) -> (String, String) {
         .map(|id| id.id().to_string())
         .unwrap_or_default();
     (id, device.to_string())
+}
+
+/// Raises the calling thread's scheduling priority (nice −10) where the
+/// process may (root, or an `RLIMIT_NICE` allowance); elsewhere it stays as
+/// it is. Audio threads starved by a busy machine drop samples, and every
+/// dropout shifts the echo path the canceller has learnt. One syscall, no
+/// allocation: callable from a device callback.
+pub fn raise_thread_priority() -> bool {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), -10).is_ok()
 }
 
 /// Every input and output device with its default format, one per line.
@@ -211,7 +257,7 @@ fn find(direction: Direction, name: Option<&str>) -> Result<cpal::Device, Consol
 }
 
 /// The stream config to open: the device's default rate and channels, a
-/// sample format we convert (f32, i16, i32, u16), a 10 ms period when the
+/// sample format we convert (f32, i16, i32, u16), a short period when the
 /// device allows it.
 fn choose_config(
     direction: Direction,
@@ -252,7 +298,12 @@ fn choose_config(
                 )
             })?;
     }
-    let period = (rate as u64 * PERIOD.as_millis() as u64 / 1000) as u32;
+    let period_ms = match direction {
+        Direction::Input => INPUT_PERIOD,
+        Direction::Output => OUTPUT_PERIOD,
+    }
+    .as_millis() as u64;
+    let period = (rate as u64 * period_ms / 1000) as u32;
     let fixed = match default.buffer_size() {
         cpal::SupportedBufferSize::Range { min, max } => *min <= period && period <= *max,
         cpal::SupportedBufferSize::Unknown => true,
@@ -357,14 +408,28 @@ where
 {
     let channels = config.channels.max(1) as usize;
     let err_stats = stats.clone();
+    let mut boosted = false;
     device.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], info: &cpal::InputCallbackInfo| {
+            if !boosted {
+                boosted = true;
+                raise_thread_priority();
+            }
             let ts = info.timestamp();
-            if let Some(d) = ts.callback.checked_duration_since(ts.capture) {
+            let latency = ts.callback.checked_duration_since(ts.capture);
+            if let Some(d) = latency {
                 stats
                     .input_device_latency_us
                     .store(d.as_micros() as u32, Ordering::Relaxed);
+            }
+            if stats.input_start_us.load(Ordering::Relaxed) == 0 {
+                let captured = Instant::now()
+                    .checked_sub(latency.unwrap_or_default())
+                    .unwrap_or(stats.epoch);
+                stats
+                    .input_start_us
+                    .store(stats.since_epoch_us(captured), Ordering::Relaxed);
             }
             let frames = data.len() / channels;
             let room = ring.slots().min(frames);
@@ -394,35 +459,46 @@ where
     )
 }
 
-/// Opens the output device: each callback plays mono f32 from `ring` on
-/// every channel.
+/// The output device's rings: what to play, and what was played.
+pub struct OutputRings {
+    /// Mono f32 at the device rate, filled by the pump.
+    pub to_play: rtrb::Producer<f32>,
+    /// Exactly what each callback played (silence included where `to_play`
+    /// ran dry): the echo canceller's reference, in the device's own time.
+    pub played: rtrb::Consumer<f32>,
+}
+
+/// Opens the output device: each callback plays mono f32 from one ring on
+/// every channel and copies what it played to another.
 pub fn open_output(
     name: Option<&str>,
     ring_capacity_ms: u32,
     stats: Arc<DeviceStats>,
     errors: StreamErrors,
-) -> Result<(OpenStream, rtrb::Producer<f32>), ConsoleError> {
+) -> Result<(OpenStream, OutputRings), ConsoleError> {
     let device = find(Direction::Output, name)?;
     let dev_name = display_name(&device);
     let (config, format, fixed) = choose_config(Direction::Output, &device, &dev_name)?;
     let capacity = (config.sample_rate * ring_capacity_ms / 1000) as usize;
-    let build = |config: StreamConfig| -> Result<(cpal::Stream, rtrb::Producer<f32>), cpal::Error> {
-        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
+    let build = |config: StreamConfig| -> Result<(cpal::Stream, OutputRings), cpal::Error> {
+        let (to_play, from_pump) = rtrb::RingBuffer::new(capacity);
+        let (to_pump, played) = rtrb::RingBuffer::new(capacity);
+        let rings = (from_pump, to_pump);
         let stream = match format {
             SampleFormat::F32 => {
-                output_stream::<f32>(&device, config, consumer, stats.clone(), errors.clone())
+                output_stream::<f32>(&device, config, rings, stats.clone(), errors.clone())
             }
             SampleFormat::I16 => {
-                output_stream::<i16>(&device, config, consumer, stats.clone(), errors.clone())
+                output_stream::<i16>(&device, config, rings, stats.clone(), errors.clone())
             }
             SampleFormat::I32 => {
-                output_stream::<i32>(&device, config, consumer, stats.clone(), errors.clone())
+                output_stream::<i32>(&device, config, rings, stats.clone(), errors.clone())
             }
-            _ => output_stream::<u16>(&device, config, consumer, stats.clone(), errors.clone()),
+            _ => output_stream::<u16>(&device, config, rings, stats.clone(), errors.clone()),
         }?;
-        Ok((stream, producer))
+        Ok((stream, OutputRings { to_play, played }))
     };
-    let (stream, producer) = match build(config) {
+    let (stream, rings) = match build(config) {
         Ok(s) => s,
         Err(_) if fixed => build(StreamConfig {
             buffer_size: cpal::BufferSize::Default,
@@ -442,14 +518,32 @@ pub fn open_output(
             channels: config.channels,
             format,
         },
-        producer,
+        rings,
     ))
+}
+
+/// Writes `value` into slot `at` of a chunk; returns how many slots were
+/// written (0 once the chunk is full).
+fn write_one(chunk: &mut rtrb::chunks::WriteChunk<'_, f32>, at: usize, value: f32) -> usize {
+    let (a, b) = chunk.as_mut_slices();
+    let slot = if at < a.len() {
+        a.get_mut(at)
+    } else {
+        b.get_mut(at - a.len())
+    };
+    match slot {
+        Some(slot) => {
+            *slot = value;
+            1
+        }
+        None => 0,
+    }
 }
 
 fn output_stream<T>(
     device: &cpal::Device,
     config: StreamConfig,
-    mut ring: rtrb::Consumer<f32>,
+    (mut ring, mut played): (rtrb::Consumer<f32>, rtrb::Producer<f32>),
     stats: Arc<DeviceStats>,
     errors: StreamErrors,
 ) -> Result<cpal::Stream, cpal::Error>
@@ -459,27 +553,54 @@ where
     let channels = config.channels.max(1) as usize;
     let err_stats = stats.clone();
     let mut started = false;
+    let mut boosted = false;
     device.build_output_stream::<T, _, _>(
         config,
         move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
+            if !boosted {
+                boosted = true;
+                raise_thread_priority();
+            }
             let ts = info.timestamp();
-            if let Some(d) = ts.playback.checked_duration_since(ts.callback) {
+            let latency = ts.playback.checked_duration_since(ts.callback);
+            if let Some(d) = latency {
                 stats
                     .output_device_latency_us
                     .store(d.as_micros() as u32, Ordering::Relaxed);
             }
+            if stats.output_start_us.load(Ordering::Relaxed) == 0 {
+                let played = Instant::now() + latency.unwrap_or_default();
+                stats
+                    .output_start_us
+                    .store(stats.since_epoch_us(played), Ordering::Relaxed);
+            }
             let frames = data.len() / channels;
             let available = ring.slots().min(frames);
+            // What is played goes to `played` too (dropped if the pump
+            // lags that far: the canceller then misses a moment of echo).
+            let mut copy = played.write_chunk(frames.min(played.slots())).ok();
+            let mut copied = 0;
             let mut frames_out = data.chunks_exact_mut(channels);
             if let Ok(chunk) = ring.read_chunk(available) {
                 started |= available > 0;
-                for (sample, frame) in chunk.into_iter().zip(frames_out.by_ref()) {
-                    let s = T::from_sample(sample.clamp(-1.0, 1.0));
-                    frame.fill(s);
+                let (a, b) = chunk.as_slices();
+                for (&sample, frame) in a.iter().chain(b).zip(frames_out.by_ref()) {
+                    let sample = sample.clamp(-1.0, 1.0);
+                    frame.fill(T::from_sample(sample));
+                    if let Some(c) = copy.as_mut() {
+                        copied += write_one(c, copied, sample);
+                    }
                 }
+                chunk.commit_all();
             }
             for frame in frames_out {
                 frame.fill(T::EQUILIBRIUM);
+                if let Some(c) = copy.as_mut() {
+                    copied += write_one(c, copied, 0.0);
+                }
+            }
+            if let Some(c) = copy {
+                c.commit(copied);
             }
             if started && available < frames {
                 stats

@@ -52,12 +52,14 @@ pub struct EchoCanceller {
 pub struct EchoError(String);
 
 impl EchoCanceller {
-    /// `initial_delay_ms`: a first guess of the speaker-to-microphone delay
-    /// (the canceller estimates the real one).
-    pub fn new(initial_delay_ms: i32) -> Result<Self, EchoError> {
+    /// The canceller finds the speaker-to-microphone delay itself. It is
+    /// given no first guess: a guess longer than the real delay delays the
+    /// reference past the echo, which it then cannot cancel (measured on a
+    /// device recording: a 40 ms guess for a 28 ms path left the echo within
+    /// 1 dB, where no guess took it 40 dB down).
+    pub fn new() -> Result<Self, EchoError> {
         let format = AudioFormat::ten_ms(ECHO_RATE, 1);
         let pipeline = linear::builder(format, format)
-            .initial_delay_ms(initial_delay_ms)
             .enable_high_pass_filter(true)
             // The session's VAD and STT want the voice as it is: no noise
             // suppression or gain control beyond removing the echo.
@@ -137,7 +139,7 @@ mod tests {
 
     /// Runs `far` (played) and `mic` (heard) through a canceller block by block.
     fn cancel(far: &[f32], mic: &[f32]) -> Vec<f32> {
-        let mut aec = EchoCanceller::new(40).expect("canceller");
+        let mut aec = EchoCanceller::new().expect("canceller");
         let mut out = vec![0.0; mic.len()];
         for (i, (f, m)) in far
             .chunks_exact(BLOCK)

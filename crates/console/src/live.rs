@@ -31,8 +31,9 @@ use crate::{ConsoleError, is_fatal};
 /// output ring at [`OUTPUT_TARGET`] and drains the input ring every 2 ms).
 const RING_MS: u32 = 200;
 
-/// Agent audio queued ahead of the speaker's device buffer.
-const OUTPUT_TARGET: Duration = Duration::from_millis(20);
+/// Agent audio queued ahead of the speaker's device buffer: one output
+/// period and a 10 ms block of margin.
+const OUTPUT_TARGET: Duration = Duration::from_millis(30);
 
 /// Display refresh.
 const REFRESH: Duration = Duration::from_millis(100);
@@ -63,7 +64,7 @@ impl DeviceSummary {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let a = &self.audio;
         format!(
-            "audio buffering, input to output: mean {:.1} ms, max {:.1} ms (input device {:.1} + input ring {:.1} + output ring {:.1} + output device {:.1}); {} blocks, {} dropped, {} input overrun frames, {} output underrun frames, {} device xruns, {} passing device errors",
+            "audio buffering, input to output: mean {:.1} ms, max {:.1} ms (input device {:.1} + input ring {:.1} + output ring {:.1} + output device {:.1}); {} blocks, {} dropped, {} input overrun frames, {} output underrun frames, {} device xruns, {} passing device errors, longest pump gap {:.1} ms",
             ms(a.mean_buffering),
             ms(a.max_buffering),
             ms(a.input_device),
@@ -75,7 +76,8 @@ impl DeviceSummary {
             a.input_overruns,
             a.output_underruns,
             a.xruns,
-            a.backend_errors
+            a.backend_errors,
+            ms(a.max_pump_gap)
         )
     }
 }
@@ -85,7 +87,7 @@ struct Opened {
     input: devices::OpenStream,
     output: devices::OpenStream,
     mic: rtrb::Consumer<f32>,
-    speaker: rtrb::Producer<f32>,
+    speaker: devices::OutputRings,
 }
 
 /// Runs until `shutdown` resolves (Ctrl-C) or something fails.
@@ -182,7 +184,8 @@ where
         },
         PumpIo {
             mic,
-            speaker,
+            speaker: speaker.to_play,
+            played: speaker.played,
             agent: reader,
             session: mic_tx,
             stats: stats.clone(),

@@ -2,8 +2,11 @@
 //!
 //! Every couple of milliseconds it
 //! 1. tops the output ring up to its target depth with 10 ms blocks of the
-//!    agent's speech (from the [`PlayoutReader`]) or silence, and hands the
-//!    same blocks, at 16 kHz, to the echo canceller as its render reference;
+//!    agent's speech (from the [`PlayoutReader`]) or silence, and takes what
+//!    the output callback reports it played (silence of an underrun included),
+//!    at 16 kHz, as the echo canceller's render reference — so a late pump
+//!    shifts the echo and its reference alike; the reference goes to the
+//!    canceller in step with the microphone by the two streams' sample clocks;
 //! 2. takes every complete 10 ms of microphone audio from the input ring,
 //!    resamples it to 16 kHz, removes the echo, and sends it to the session
 //!    with `try_send` (a full channel drops the block and counts it: the pump
@@ -36,6 +39,10 @@ use crate::wav::StereoWavWriter;
 /// Blocks (10 ms each) left out of the buffering figures while the devices
 /// start and their buffers settle.
 const SETTLE_BLOCKS: u64 = 100;
+
+/// Reference (16 kHz samples) that may wait for its microphone block before
+/// it goes to the canceller anyway: 300 ms.
+const RENDER_BACKLOG: usize = BLOCK * 30;
 
 /// How often the pump looks at the rings.
 const POLL: Duration = Duration::from_millis(2);
@@ -94,6 +101,8 @@ pub struct PumpSummary {
     /// Glitches the devices reported.
     pub xruns: u64,
     pub backend_errors: u64,
+    /// The longest the pump went without looking at the rings (it sleeps 2 ms).
+    pub max_pump_gap: Duration,
 }
 
 /// The pump thread's owner.
@@ -106,6 +115,8 @@ pub struct Pump {
 pub struct PumpIo {
     pub mic: rtrb::Consumer<f32>,
     pub speaker: rtrb::Producer<f32>,
+    /// What the speaker actually played: the echo reference.
+    pub played: rtrb::Consumer<f32>,
     pub agent: PlayoutReader,
     pub session: mpsc::Sender<AudioFrame>,
     pub stats: Arc<DeviceStats>,
@@ -169,6 +180,76 @@ fn to_f32(s: i16) -> f32 {
     s as f32 / 32768.0
 }
 
+/// The recording's writer thread: file writes can block (a disk busy with
+/// write-back held a writing thread for a tenth of a second), and the pump
+/// must not. Blocks go over a bounded channel (5 s); a full one drops them.
+struct Recorder {
+    /// Dropped by [`Recorder::finish`], which ends the thread.
+    tx: Option<std::sync::mpsc::SyncSender<[[i16; BLOCK]; 2]>>,
+    /// Joined by [`Recorder::finish`].
+    thread: Option<JoinHandle<Result<(), crate::ConsoleError>>>,
+    dropped: u64,
+}
+
+impl Recorder {
+    fn spawn(mut writer: StereoWavWriter) -> Result<Self, crate::ConsoleError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<[[i16; BLOCK]; 2]>(500);
+        let thread = std::thread::Builder::new()
+            .name("console-record".into())
+            .spawn(move || {
+                while let Ok([left, right]) = rx.recv() {
+                    writer.write(&left, &right)?;
+                }
+                writer.finish()
+            })
+            .map_err(|source| crate::ConsoleError::Io {
+                context: "starting the recording thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            dropped: 0,
+        })
+    }
+
+    fn push(&mut self, block: [[i16; BLOCK]; 2]) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(block).is_err()
+        {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> Result<(), crate::ConsoleError> {
+        drop(self.tx.take());
+        let result = match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(crate::ConsoleError::Io {
+                context: "the recording thread".into(),
+                source: std::io::Error::other("it panicked"),
+            }),
+            None => Ok(()),
+        };
+        if self.dropped > 0 {
+            tracing::warn!(
+                blocks = self.dropped,
+                "recording: blocks dropped (disk too slow)"
+            );
+        }
+        result
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Running sums for [`PumpSummary`].
 #[derive(Default)]
 struct Tally {
@@ -179,6 +260,7 @@ struct Tally {
 }
 
 fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
+    crate::devices::raise_thread_priority();
     let in_block = (config.input_rate / 100).max(1) as usize;
     let out_block = (config.output_rate / 100).max(1) as usize;
     let out_capacity = io.speaker.buffer().capacity();
@@ -192,8 +274,7 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
         let _ = errors.try_send(message);
     };
     let mut aec = if config.echo_cancellation {
-        // First guess of the echo delay: both rings and both device buffers.
-        match EchoCanceller::new(config.output_target.as_millis() as i32 + 20) {
+        match EchoCanceller::new() {
             Ok(a) => Some(a),
             Err(e) => {
                 report(&io.errors, e.to_string());
@@ -204,8 +285,8 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
         None
     };
     let mut recorder = match &config.record {
-        Some(path) => match StereoWavWriter::create(path, ECHO_RATE) {
-            Ok(w) => Some(w),
+        Some(path) => match StereoWavWriter::create(path, ECHO_RATE).and_then(Recorder::spawn) {
+            Ok(r) => Some(r),
             Err(e) => {
                 report(&io.errors, format!("recording: {e}"));
                 return PumpSummary::default();
@@ -220,6 +301,7 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
     let mut out_i16: Vec<i16> = Vec::with_capacity(out_block);
     let mut out_f32: Vec<f32> = Vec::with_capacity(out_block);
     let mut render16: Vec<i16> = Vec::with_capacity(BLOCK * 2);
+    let mut played_i16: Vec<i16> = Vec::with_capacity(out_capacity);
     let mut render_fifo: VecDeque<i16> = VecDeque::with_capacity(BLOCK * 16);
     let mut record_fifo: VecDeque<i16> = VecDeque::with_capacity(BLOCK * 16);
     let mut in_i16: Vec<i16> = Vec::with_capacity(in_block);
@@ -228,9 +310,10 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
     let mut block_f32 = vec![0f32; BLOCK];
     let mut clean = vec![0f32; BLOCK];
     let mut render_block = vec![0f32; BLOCK];
-    let mut record_left = vec![0i16; BLOCK];
-    let mut record_right = vec![0i16; BLOCK];
 
+    // 16 kHz samples of each stream taken so far, for timing the reference.
+    let mut captured_samples = 0u64;
+    let mut rendered_samples = 0u64;
     let mut tally = Tally::default();
     let mut blocks_seen = 0u64;
     let mut blocks = 0u64;
@@ -238,7 +321,14 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
     // The latest reading of the input ring's depth when a block was taken.
     let mut input_ring_frames = 0usize;
 
+    let mut last_turn = std::time::Instant::now();
+    let mut max_gap = Duration::ZERO;
     'pump: while !stop.load(Ordering::SeqCst) {
+        let now = std::time::Instant::now();
+        if blocks_seen > SETTLE_BLOCKS {
+            max_gap = max_gap.max(now - last_turn);
+        }
+        last_turn = now;
         // 1. The speaker: keep the output ring at its target depth.
         while out_capacity - io.speaker.slots() + out_block <= out_target {
             while pending_agent.len() < out_block {
@@ -269,8 +359,18 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
             io.meters
                 .agent_dbfs
                 .store(level_dbfs(&out_f32).to_bits(), Ordering::Relaxed);
+        }
+
+        // What the speaker played since: the echo reference, and the
+        // recording's agent side, in the speaker's time.
+        let played = io.played.slots();
+        if played > 0
+            && let Ok(chunk) = io.played.read_chunk(played)
+        {
+            played_i16.clear();
+            played_i16.extend(chunk.into_iter().map(to_i16));
             render16.clear();
-            render_resampler.process_into(&out_i16, &mut render16);
+            render_resampler.process_into(&played_i16, &mut render16);
             render_fifo.extend(render16.iter().copied());
             if recorder.is_some() {
                 record_fifo.extend(render16.iter().copied());
@@ -294,7 +394,27 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
             for (dst, s) in block_f32.iter_mut().zip(capture_fifo.drain(..BLOCK)) {
                 *dst = to_f32(s);
             }
+            // The reference blocks played before this microphone block
+            // ends go in first, timed by the two sample clocks from their
+            // measured starts — not by when the pump got to them, which
+            // jitters with the pump's scheduling and moves the echo under
+            // the canceller. A reference piling up (clock drift, a stream
+            // that never reported its start) goes in regardless.
+            let in_start = io.stats.input_start_us.load(Ordering::Relaxed);
+            let out_start = io.stats.output_start_us.load(Ordering::Relaxed);
+            let captured_until_us =
+                in_start + (captured_samples + BLOCK as u64) * 1_000_000 / ECHO_RATE as u64;
+            captured_samples += BLOCK as u64;
             while render_fifo.len() >= BLOCK {
+                let rendered_at_us = out_start + rendered_samples * 1_000_000 / ECHO_RATE as u64;
+                let due = in_start == 0
+                    || out_start == 0
+                    || rendered_at_us < captured_until_us
+                    || render_fifo.len() > RENDER_BACKLOG;
+                if !due {
+                    break;
+                }
+                rendered_samples += BLOCK as u64;
                 for (dst, s) in render_block.iter_mut().zip(render_fifo.drain(..BLOCK)) {
                     *dst = to_f32(s);
                 }
@@ -324,20 +444,14 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
                 let excess = record_fifo.len().saturating_sub(BLOCK * 20);
                 record_fifo.drain(..excess);
                 let n = BLOCK.min(record_fifo.len());
-                for (i, dst) in record_right.iter_mut().enumerate() {
-                    *dst = if i < n {
-                        record_fifo.pop_front().unwrap_or(0)
-                    } else {
-                        0
-                    };
-                }
-                for (dst, &s) in record_left.iter_mut().zip(&block_f32) {
+                let mut block = [[0i16; BLOCK]; 2];
+                for (dst, &s) in block[0].iter_mut().zip(&block_f32) {
                     *dst = to_i16(s);
                 }
-                if let Err(e) = rec.write(&record_left, &record_right) {
-                    report(&io.errors, format!("recording: {e}"));
-                    break 'pump;
+                for (dst, s) in block[1].iter_mut().zip(record_fifo.drain(..n)) {
+                    *dst = s;
                 }
+                rec.push(block);
             }
 
             let frame = AudioFrame::new(
@@ -399,5 +513,6 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
         xruns: io.stats.input_xruns.load(Ordering::Relaxed)
             + io.stats.output_xruns.load(Ordering::Relaxed),
         backend_errors: io.stats.backend_errors.load(Ordering::Relaxed),
+        max_pump_gap: max_gap,
     }
 }
