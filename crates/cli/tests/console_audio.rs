@@ -579,6 +579,13 @@ async fn spoken_question_is_answered_on_the_speaker_and_echo_is_cancelled() {
 
     // Buffering, measured by the console: the target.
     let buffering = mean_buffering_ms(&c.lines);
+    eprintln!(
+        "{}",
+        c.lines
+            .iter()
+            .find(|l| l.starts_with("audio buffering"))
+            .map_or("", String::as_str)
+    );
     assert!(buffering <= 60.0, "buffering {buffering} ms\n{all}");
 
     // The recording: microphone left (the question, then the echo), agent right.

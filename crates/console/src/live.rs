@@ -64,7 +64,7 @@ impl DeviceSummary {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let a = &self.audio;
         format!(
-            "audio buffering, input to output: mean {:.1} ms, max {:.1} ms (input device {:.1} + input ring {:.1} + output ring {:.1} + output device {:.1}); {} blocks, {} dropped, {} input overrun frames, {} output underrun frames, {} device xruns, {} passing device errors, longest pump gap {:.1} ms",
+            "audio buffering, input to output: mean {:.1} ms, max {:.1} ms (input device {:.1} + input ring {:.1} + output ring {:.1} + output device {:.1}); {} blocks, {} dropped, {} input overrun frames, {} output underrun frames, {} device xruns, {} passing device errors, longest pump gap {:.1} ms, echo guard {:.1} s",
             ms(a.mean_buffering),
             ms(a.max_buffering),
             ms(a.input_device),
@@ -77,7 +77,8 @@ impl DeviceSummary {
             a.output_underruns,
             a.xruns,
             a.backend_errors,
-            ms(a.max_pump_gap)
+            ms(a.max_pump_gap),
+            a.guarded.as_secs_f64()
         )
     }
 }

@@ -44,6 +44,25 @@ const SETTLE_BLOCKS: u64 = 100;
 /// it goes to the canceller anyway: 300 ms.
 const RENDER_BACKLOG: usize = BLOCK * 30;
 
+/// The glitch guard. A pump that ran late, or a speaker that ran dry, moves
+/// the echo relative to the reference the canceller has learnt, and until it
+/// re-converges (about a second) the agent's voice leaks through, enough for
+/// the VAD and the STT to take it for the user. So after such a glitch, for
+/// [`GUARD_BLOCKS`] and only while the agent is audible, the canceller's
+/// output is muted. Muted, not attenuated: the VAD and the STT are nearly
+/// level-blind, and a leak 30 dB down still made turns of the agent's words.
+/// The price: a user talking over the agent in that second is not heard, and
+/// only on a machine busy enough to glitch (or in the agent's first seconds).
+const GLITCH_GAP: Duration = Duration::from_millis(40);
+const GUARD_BLOCKS: u32 = 100;
+/// The guard also holds during the canceller's first convergence: the
+/// agent's first 2 s of audible speech in the session.
+const CONVERGE_BLOCKS: u32 = 200;
+/// Reference level above which the agent counts as audible, and how long
+/// (blocks) it stays so after: its echo outlasts it by the path's delay.
+const FAR_ACTIVE_DBFS: f32 = -50.0;
+const FAR_HOLD_BLOCKS: u32 = 30;
+
 /// How often the pump looks at the rings.
 const POLL: Duration = Duration::from_millis(2);
 
@@ -103,6 +122,8 @@ pub struct PumpSummary {
     pub backend_errors: u64,
     /// The longest the pump went without looking at the rings (it sleeps 2 ms).
     pub max_pump_gap: Duration,
+    /// Microphone time the glitch guard held down.
+    pub guarded: Duration,
 }
 
 /// The pump thread's owner.
@@ -314,6 +335,13 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
     // 16 kHz samples of each stream taken so far, for timing the reference.
     let mut captured_samples = 0u64;
     let mut rendered_samples = 0u64;
+    // The glitch guard: blocks left to hold the output down, blocks since
+    // the agent was last audible in the reference, and the counts they watch.
+    let mut guard_blocks = 0u32;
+    let mut far_active_blocks = 0u32;
+    let mut last_underruns = 0u64;
+    let mut guarded_blocks = 0u64;
+    let mut far_heard_blocks = 0u32;
     let mut tally = Tally::default();
     let mut blocks_seen = 0u64;
     let mut blocks = 0u64;
@@ -325,10 +353,17 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
     let mut max_gap = Duration::ZERO;
     'pump: while !stop.load(Ordering::SeqCst) {
         let now = std::time::Instant::now();
+        let gap = now - last_turn;
         if blocks_seen > SETTLE_BLOCKS {
-            max_gap = max_gap.max(now - last_turn);
+            max_gap = max_gap.max(gap);
         }
         last_turn = now;
+        let underruns = io.stats.output_underruns.load(Ordering::Relaxed);
+        if gap > GLITCH_GAP || underruns > last_underruns {
+            // The echo path may just have moved under the canceller.
+            guard_blocks = GUARD_BLOCKS;
+        }
+        last_underruns = underruns;
         // 1. The speaker: keep the output ring at its target depth.
         while out_capacity - io.speaker.slots() + out_block <= out_target {
             while pending_agent.len() < out_block {
@@ -418,6 +453,10 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
                 for (dst, s) in render_block.iter_mut().zip(render_fifo.drain(..BLOCK)) {
                     *dst = to_f32(s);
                 }
+                if level_dbfs(&render_block) > FAR_ACTIVE_DBFS {
+                    far_active_blocks = FAR_HOLD_BLOCKS;
+                    far_heard_blocks += 1;
+                }
                 if let Some(aec) = &mut aec
                     && let Err(e) = aec.render(&render_block)
                 {
@@ -431,9 +470,18 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
                         report(&io.errors, e.to_string());
                         break 'pump;
                     }
+                    // Right after a glitch, while the agent is audible, the
+                    // canceller may be re-converging: hold its output down.
+                    let converging = far_heard_blocks < CONVERGE_BLOCKS;
+                    if (guard_blocks > 0 || converging) && far_active_blocks > 0 {
+                        clean.fill(0.0);
+                        guarded_blocks += 1;
+                    }
                 }
                 None => clean.copy_from_slice(&block_f32),
             }
+            guard_blocks = guard_blocks.saturating_sub(1);
+            far_active_blocks = far_active_blocks.saturating_sub(1);
             io.meters
                 .mic_dbfs
                 .store(level_dbfs(&block_f32).to_bits(), Ordering::Relaxed);
@@ -514,5 +562,6 @@ fn run(config: PumpConfig, mut io: PumpIo, stop: &AtomicBool) -> PumpSummary {
             + io.stats.output_xruns.load(Ordering::Relaxed),
         backend_errors: io.stats.backend_errors.load(Ordering::Relaxed),
         max_pump_gap: max_gap,
+        guarded: Duration::from_millis(guarded_blocks * 10),
     }
 }
