@@ -89,7 +89,7 @@ impl EchoCanceller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A deterministic speech-like signal: noise shaped by a syllable-rate
@@ -99,7 +99,18 @@ mod tests {
     }
 
     fn babble_at(seconds: f32, seed: u64, amp: f32, syllable_hz: f32) -> Vec<f32> {
-        let n = (seconds * ECHO_RATE as f32) as usize;
+        babble_at_rate(seconds, seed, amp, syllable_hz, ECHO_RATE)
+    }
+
+    /// [`babble_at`] at any sample rate.
+    pub(crate) fn babble_at_rate(
+        seconds: f32,
+        seed: u64,
+        amp: f32,
+        syllable_hz: f32,
+        rate: u32,
+    ) -> Vec<f32> {
+        let n = (seconds * rate as f32) as usize;
         let mut state = seed;
         let mut lp = 0.0f32;
         (0..n)
@@ -110,7 +121,7 @@ mod tests {
                 // Top 32 bits, centred: white noise in [-1, 1) with no DC.
                 let white = ((state >> 32) as f32 / (1u64 << 31) as f32) - 1.0;
                 lp = 0.7 * lp + 0.3 * white;
-                let t = i as f32 / ECHO_RATE as f32;
+                let t = i as f32 / rate as f32;
                 let syllables =
                     (0.5 + 0.5 * (2.0 * std::f32::consts::PI * syllable_hz * t).sin()).powi(2);
                 amp * lp * syllables * 3.0
