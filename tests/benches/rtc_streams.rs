@@ -1,49 +1,101 @@
-//! CPU and memory per bidirectional audio stream, and the 20 ms send cadence jitter.
+//! CPU and memory per bidirectional audio stream, and the 20 ms send cadence.
 //!
-//! `cargo bench -p e2e-tests --bench rtc_streams` (needs `tests/setup.sh`).
+//! `cargo bench -j2 -p e2e-tests --bench rtc_streams` (needs `tests/setup.sh`).
 //!
 //! A stream is one `rtc` participant that publishes a track (PCM → Opus → SRTP,
 //! paced every 20 ms) and subscribes to one (SRTP → Opus → PCM at 48 kHz). For N
 //! streams the measured process hosts N such participants, each in its own room; the
 //! other end of every room is a peer participant doing the same, hosted by a child
-//! process (this binary with `--peer`) so that its cost is not counted. The server
-//! is the real livekit-server on loopback.
+//! process (this binary with `--peer`) so that its cost is not counted; it encodes at
+//! Opus complexity 0 (`RTC_BENCH_PEER_COMPLEXITY`) to load the machine less. The
+//! server is the real livekit-server on loopback. `RTC_BENCH_COMPLEXITY` sets ours
+//! (default: the crate's), `RTC_BENCH_STREAMS=1,10` the counts.
 //!
-//! Reported per N: CPU of the measured process over a 10 s window as a percentage of
-//! one core, divided by N; resident memory added by the N participants, divided by
-//! N; frames received per stream per second; and the pacer's lateness behind its
-//! 20 ms grid (mean and max over all frames of all tracks) as the cadence jitter.
+//! Measurement starts once every participant on both sides receives audio (or after
+//! 60 s; those that never do are counted as "receiving nothing"), plus 3 s. Reported
+//! per N over a 10 s window:
+//! - the load average, the whole machine's busy CPU (of 200 % on two cores) and how
+//!   much of it was our process, the peers' process and the server;
+//! - our process's CPU (`/proc/self/stat`, all its threads) as a percentage of one
+//!   core, divided by N; resident memory added by the N participants, divided by N;
+//! - at our senders (when a frame has been encoded and handed to the RTP sender):
+//!   frames/s per stream, the p99 and max of |interval − 20 ms| between consecutive
+//!   frames (jitter), lateness behind the 20 ms grid, and slots skipped;
+//! - at the receivers (the peers decoding our frames, and we decoding theirs): frames/s
+//!   per stream and the p99 of |inter-arrival interval − 20 ms|.
 //!
-//! Figures on the project's shared 2-core machine (load average 3–9 from other work),
-//! Opus complexity 5 (`RTC_BENCH_COMPLEXITY` overrides; `RTC_BENCH_STREAMS=1,10`
-//! picks the counts):
+//! Figures and their caveats: the crate docs of `rtc`, "Cost per stream". Typical
+//! output on the shared 2-core machine (load average 3–8 from other work):
 //!
 //! ```text
-//! streams   1: cpu 3.20 % of a core per stream, memory 7.77 MB per stream (one-time setup included), lateness mean 1.16 ms max 5.08 ms
-//! streams  10: cpu 1.98 % of a core per stream, memory 1.17 MB per stream, lateness mean 1.27 ms max 32.88 ms
-//! streams  50: cpu 1.12 % of a core per stream, memory 1.09 MB per stream, lateness mean 176 ms max 3.1 s (machine saturated:
-//!              100 real-time participants + the SFU + other builds on 2 cores; 47 frames/s sent instead of 50)
+//! streams  10 (opus complexity 3, peers' 0; load average 3.53 6.14 6.11 → 3.21 5.99 6.06; machine 129 % of 200 %: ours 16 %, peers 14 %, server 12 %)
+//!   cpu 1.65 % of a core per stream, memory 1.11 MB per stream (11.1 MB total)
+//!   sent: 50.02 frames/s per stream (mean interval 19.99 ms), interval jitter p99 2.25 ms max 5.00 ms, lateness behind the grid p50 1.50 p99 3.00 max 196.35 ms, 0 slots skipped
+//!   received by the peers: 44.99 frames/s per stream, inter-arrival jitter p99 3.25 ms max 7.25 ms (1 of them receiving nothing)
+//!   received by us: 45.00 frames/s per stream, inter-arrival jitter p99 3.50 ms (1 of us receiving nothing)
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{LiveKitServer, token};
-use rtc::{AudioFrame, ConnectOptions, LocalAudioTrack, Room, RoomEvent};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use rtc::{AudioFrame, CadenceHistogram, ConnectOptions, LocalAudioTrack, Room, RoomEvent};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const MEASURE: Duration = Duration::from_secs(10);
 const WARMUP: Duration = Duration::from_secs(3);
+const FRAME: Duration = Duration::from_millis(20);
 
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, in clock ticks (100 Hz on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// utime + stime of a process (`self` or a pid), in seconds (clock ticks of 100 Hz).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) / 100.0
+}
+
+/// (busy, total) clock ticks of the whole machine, all cores.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The pid of the livekit-server started by this process (its config directory is
+/// named after our pid and its port).
+fn server_pid(server: &LiveKitServer) -> Option<String> {
+    let tag = format!("lk-test-{}-{}", std::process::id(), server.port);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (name.chars().all(|c| c.is_ascii_digit())
+            && cmd.contains("livekit-server")
+            && cmd.contains(&tag))
+        .then_some(name)
+    })
 }
 
 fn rss_bytes() -> u64 {
@@ -55,6 +107,21 @@ fn rss_bytes() -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+fn complexity(var: &str, default: i32) -> i32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Option<Duration>) -> String {
+    match d {
+        None => "-".into(),
+        Some(Duration::MAX) => ">100".into(),
+        Some(d) => format!("{:.2}", d.as_secs_f64() * 1000.0),
+    }
 }
 
 /// Two seconds of a speech-like signal in 20 ms frames.
@@ -78,21 +145,45 @@ fn signal() -> Arc<Vec<Vec<i16>>> {
     Arc::new(frames)
 }
 
+/// What the receiving side of one participant counts.
+#[derive(Default)]
+struct Received {
+    /// Tracks subscribed.
+    subscribed: AtomicU64,
+    frames: AtomicU64,
+    /// |inter-arrival interval − 20 ms| of the decoded frames.
+    jitter: Mutex<CadenceHistogram>,
+}
+
+impl Received {
+    fn jitter(&self) -> CadenceHistogram {
+        self.jitter.lock().map(|h| *h).unwrap_or_default()
+    }
+}
+
+struct Participant {
+    room: Room,
+    track: LocalAudioTrack,
+    received: Arc<Received>,
+}
+
 /// Join `room` as `identity`, publish a track fed with a speech-like signal, and decode
-/// whatever is subscribed. Returns the room, the track and the received-frame counter.
+/// whatever is subscribed.
 async fn participant(
     url: &str,
     room: &str,
     identity: &str,
+    opus_complexity: i32,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> R<(Room, LocalAudioTrack, Arc<AtomicU64>)> {
+) -> R<Participant> {
     let opts = ConnectOptions {
         udp_addrs: vec!["127.0.0.1:0".into()],
+        opus_complexity,
         ..Default::default()
     };
     let (room, mut events) = rtc::connect(url, &token(identity, room)?, opts).await?;
     let track = room.publish_audio("bench", 48_000).await?;
-    let received = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(Received::default());
     {
         let received = received.clone();
         let mut stop = stop.clone();
@@ -103,15 +194,24 @@ async fn participant(
                     ev = events.recv() => match ev {
                         None => return,
                         Some(RoomEvent::TrackSubscribed(t)) => {
+                            received.subscribed.fetch_add(1, Ordering::Relaxed);
                             let Ok(mut s) = t.into_stream(48_000) else { continue };
                             let received = received.clone();
                             let mut stop = stop.clone();
                             tokio::spawn(async move {
+                                let mut last: Option<Instant> = None;
                                 loop {
                                     tokio::select! {
                                         _ = stop.changed() => return,
                                         f = s.recv() => match f {
-                                            Some(_) => { received.fetch_add(1, Ordering::Relaxed); }
+                                            Some(_) => {
+                                                let now = Instant::now();
+                                                received.frames.fetch_add(1, Ordering::Relaxed);
+                                                if let (Some(l), Ok(mut h)) = (last, received.jitter.lock()) {
+                                                    h.record((now - l).abs_diff(FRAME));
+                                                }
+                                                last = Some(now);
+                                            }
                                             None => return,
                                         },
                                     }
@@ -140,29 +240,116 @@ async fn participant(
             }
         });
     }
-    Ok((room, track, received))
+    Ok(Participant {
+        room,
+        track,
+        received,
+    })
 }
 
-async fn peer_main(url: String, prefix: String, count: usize) -> R {
+/// Wait until every participant has received a frame (or `limit`); returns how many
+/// have not.
+async fn all_receiving(parts: &[Participant], limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let silent = parts
+            .iter()
+            .filter(|p| p.received.frames.load(Ordering::Relaxed) == 0)
+            .count();
+        if silent == 0 || Instant::now() > deadline {
+            return silent;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn merged_jitter(parts: &[Participant]) -> CadenceHistogram {
+    let mut h = CadenceHistogram::default();
+    for p in parts {
+        h.add(&p.received.jitter());
+    }
+    h
+}
+
+/// The far ends: `count` participants. On stdin, `mark` starts a measurement window
+/// and `report` prints what they received since: `recv <frames> <p50> <p99> <max>`
+/// (inter-arrival deviation from 20 ms, ms).
+async fn peer_main(url: String, prefix: String, count: usize, opus_complexity: i32) -> R {
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut keep = Vec::new();
+    let mut parts = Vec::new();
     for i in 0..count {
-        keep.push(participant(&url, &format!("{prefix}-{i}"), "peer", stop_rx.clone()).await?);
+        parts.push(
+            participant(
+                &url,
+                &format!("{prefix}-{i}"),
+                "peer",
+                opus_complexity,
+                stop_rx.clone(),
+            )
+            .await?,
+        );
+    }
+    let silent = all_receiving(&parts, Duration::from_secs(60)).await;
+    if silent > 0 {
+        let unsubscribed = parts
+            .iter()
+            .filter(|p| p.received.subscribed.load(Ordering::Relaxed) == 0)
+            .count();
+        eprintln!(
+            "{silent} of {count} peers receive nothing; {unsubscribed} have no track subscribed"
+        );
     }
     println!("peers-ready");
-    // Live until the parent kills us.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut mark = (0u64, CadenceHistogram::default());
+    // Live until the parent closes our stdin or kills us.
+    while let Ok(Some(l)) = lines.next_line().await {
+        let frames: u64 = parts
+            .iter()
+            .map(|p| p.received.frames.load(Ordering::Relaxed))
+            .sum();
+        let jitter = merged_jitter(&parts);
+        match l.trim() {
+            "mark" => mark = (frames, jitter),
+            "report" => {
+                let j = jitter.since(&mark.1);
+                let silent = parts
+                    .iter()
+                    .filter(|p| p.received.frames.load(Ordering::Relaxed) == 0)
+                    .count();
+                println!(
+                    "recv {} {} {} {} {silent}",
+                    frames - mark.0,
+                    ms(j.percentile(50.0)),
+                    ms(j.percentile(99.0)),
+                    ms(j.percentile(100.0))
+                );
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
 async fn run(server: &LiveKitServer, n: usize) -> R {
+    let ours = complexity(
+        "RTC_BENCH_COMPLEXITY",
+        ConnectOptions::default().opus_complexity,
+    );
+    let theirs = complexity("RTC_BENCH_PEER_COMPLEXITY", 0);
     let prefix = format!("bench{n}-{}", std::process::id());
     let exe = std::env::current_exe()?;
     let mut peer = tokio::process::Command::new(exe)
         .args(["--peer", &server.url(), &prefix, &n.to_string()])
+        .env("RTC_BENCH_PEER_COMPLEXITY", theirs.to_string())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    let peer_pid = peer.id().map(|p| p.to_string()).unwrap_or_default();
+    let server_pid = server_pid(server).unwrap_or_default();
+    let mut peer_in = peer.stdin.take().ok_or("peer stdin")?;
+    let mut peer_out = tokio::io::BufReader::new(peer.stdout.take().ok_or("peer stdout")?).lines();
     let rss0 = rss_bytes();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut parts = Vec::new();
@@ -172,68 +359,134 @@ async fn run(server: &LiveKitServer, n: usize) -> R {
                 &server.url(),
                 &format!("{prefix}-{i}"),
                 "agent",
+                ours,
                 stop_rx.clone(),
             )
             .await?,
         );
     }
     // Wait for the peers, then for media to flow everywhere.
-    {
-        use tokio::io::AsyncBufReadExt;
-        let out = peer.stdout.take().ok_or("peer stdout")?;
-        let mut lines = tokio::io::BufReader::new(out).lines();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            while let Ok(Some(l)) = lines.next_line().await {
-                if l == "peers-ready" {
-                    break;
-                }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(l)) = peer_out.next_line().await {
+            if l == "peers-ready" {
+                break;
             }
-        })
-        .await?;
-    }
+            eprintln!("peer: {l}");
+        }
+    })
+    .await?;
+    let silent = all_receiving(&parts, Duration::from_secs(60)).await;
     tokio::time::sleep(WARMUP).await;
-    let stats0: Vec<_> = parts.iter().map(|p| p.1.stats()).collect();
-    let recv0: u64 = parts.iter().map(|p| p.2.load(Ordering::Relaxed)).sum();
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let load0 = loadavg();
+    let stats0: Vec<_> = parts.iter().map(|p| p.track.stats()).collect();
+    let recv0: u64 = parts
+        .iter()
+        .map(|p| p.received.frames.load(Ordering::Relaxed))
+        .sum();
+    let jitter0 = merged_jitter(&parts);
+    peer_in.write_all(b"mark\n").await?;
+    let (cpu0, peer0, srv0, m0, t0) = (
+        cpu_seconds("self"),
+        cpu_seconds(&peer_pid),
+        cpu_seconds(&server_pid),
+        machine_ticks(),
+        Instant::now(),
+    );
     tokio::time::sleep(MEASURE).await;
-    let (cpu1, t1) = (cpu_seconds(), Instant::now());
+    let (cpu1, peer1, srv1, m1, t1) = (
+        cpu_seconds("self"),
+        cpu_seconds(&peer_pid),
+        cpu_seconds(&server_pid),
+        machine_ticks(),
+        Instant::now(),
+    );
+    peer_in.write_all(b"report\n").await?;
     let rss1 = rss_bytes();
-    let recv1: u64 = parts.iter().map(|p| p.2.load(Ordering::Relaxed)).sum();
+    let load1 = loadavg();
+    let recv1: u64 = parts
+        .iter()
+        .map(|p| p.received.frames.load(Ordering::Relaxed))
+        .sum();
+    let jitter_in = merged_jitter(&parts).since(&jitter0);
+    let peer_report = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(l)) = peer_out.next_line().await {
+            if let Some(r) = l.strip_prefix("recv ") {
+                return r.to_owned();
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap_or_default();
     let wall = (t1 - t0).as_secs_f64();
-    let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
-    let mut frames = 0u64;
-    let mut late_total = 0u64;
-    let mut late_max = 0u64;
-    for (p, s0) in parts.iter().zip(stats0) {
-        let s = p.1.stats();
-        frames += s.frames_sent - s0.frames_sent;
-        late_total += s.total_lateness_us - s0.total_lateness_us;
-        late_max = late_max.max(s.max_lateness_us);
-    }
-    let late_mean = if frames > 0 {
-        late_total as f64 / frames as f64 / 1000.0
+    let pct = |a: f64, b: f64| (b - a) / wall * 100.0;
+    let cpu_pct = pct(cpu0, cpu1);
+    let machine_pct = if m1.1 > m0.1 {
+        (m1.0 - m0.0) / (m1.1 - m0.1) * 100.0 * 2.0
     } else {
         0.0
     };
+    let mut frames = 0u64;
+    let mut skipped = 0u64;
+    let mut late_max = 0u64;
+    let mut lateness = CadenceHistogram::default();
+    let mut deviation = CadenceHistogram::default();
+    for (p, s0) in parts.iter().zip(stats0) {
+        let s = p.track.stats();
+        frames += s.frames_sent - s0.frames_sent;
+        skipped += s.slots_skipped - s0.slots_skipped;
+        late_max = late_max.max(s.max_lateness_us);
+        lateness.add(&s.lateness.since(&s0.lateness));
+        deviation.add(&s.interval_deviation.since(&s0.interval_deviation));
+    }
+    let sent_fps = frames as f64 / wall / n as f64;
+    let mut peer_fields = peer_report.split_whitespace();
+    let peer_frames: f64 = peer_fields
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0);
+    let peer_p99 = peer_fields.nth(1).unwrap_or("-").to_owned();
+    let peer_max = peer_fields.next().unwrap_or("-").to_owned();
+    let peer_silent = peer_fields.next().unwrap_or("?").to_owned();
     println!(
-        "streams {n:>3}: cpu {:.2} % of a core per stream ({cpu_pct:.1} % total), memory {:.2} MB per stream ({:.1} MB total), \
-         received {:.1} frames/s per stream, sent {:.1} frames/s per stream, cadence lateness mean {late_mean:.2} ms max {:.2} ms",
+        "streams {n:>3} (opus complexity {ours}, peers' {theirs}; load average {load0} → {load1}; machine {machine_pct:.0} % of 200 %: \
+         ours {cpu_pct:.0} %, peers {:.0} %, server {:.0} %)\n  \
+         cpu {:.2} % of a core per stream, memory {:.2} MB per stream ({:.1} MB total)\n  \
+         sent: {sent_fps:.2} frames/s per stream (mean interval {:.2} ms), interval jitter p99 {} ms max {} ms, \
+         lateness behind the grid p50 {} p99 {} max {:.2} ms, {skipped} slots skipped\n  \
+         received by the peers: {:.2} frames/s per stream, inter-arrival jitter p99 {peer_p99} ms max {peer_max} ms \
+         ({peer_silent} of them receiving nothing)\n  \
+         received by us: {:.2} frames/s per stream, inter-arrival jitter p99 {} ms ({silent} of us receiving nothing)",
+        pct(peer0, peer1),
+        pct(srv0, srv1),
         cpu_pct / n as f64,
         rss1.saturating_sub(rss0) as f64 / n as f64 / 1e6,
         rss1.saturating_sub(rss0) as f64 / 1e6,
-        (recv1 - recv0) as f64 / wall / n as f64,
-        frames as f64 / wall / n as f64,
+        if sent_fps > 0.0 {
+            1000.0 / sent_fps
+        } else {
+            0.0
+        },
+        ms(deviation.percentile(99.0)),
+        ms(deviation.percentile(100.0)),
+        ms(lateness.percentile(50.0)),
+        ms(lateness.percentile(99.0)),
         late_max as f64 / 1000.0,
+        peer_frames / wall / n as f64,
+        (recv1 - recv0) as f64 / wall / n as f64,
+        ms(jitter_in.percentile(99.0)),
     );
     let _ = stop_tx.send(true);
-    for (room, _, _) in parts {
-        let _ = tokio::time::timeout(Duration::from_secs(5), room.close()).await;
+    for p in parts {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.room.close()).await;
     }
+    drop(peer_in);
     let _ = peer.kill().await;
     Ok(())
 }
 
 fn main() -> R {
+    e2e_tests::init_logging();
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -243,7 +496,8 @@ fn main() -> R {
         let url = args.get(i + 1).cloned().ok_or("url")?;
         let prefix = args.get(i + 2).cloned().ok_or("prefix")?;
         let count: usize = args.get(i + 3).ok_or("count")?.parse()?;
-        return rt.block_on(peer_main(url, prefix, count));
+        let theirs = complexity("RTC_BENCH_PEER_COMPLEXITY", 0);
+        return rt.block_on(peer_main(url, prefix, count, theirs));
     }
     let counts: Vec<usize> = std::env::var("RTC_BENCH_STREAMS")
         .ok()

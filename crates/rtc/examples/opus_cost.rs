@@ -9,8 +9,9 @@
 //!
 //! Input: raw mono s16le PCM at 48 kHz (without a file, a synthetic gliding tone with
 //! noise). The encoder is set up the way published tracks are (VoIP, voice signal,
-//! in-band FEC). For every setting it prints the encode time per frame (the best of
-//! five passes over the whole input, so other load on the machine inflates it least),
+//! in-band FEC). For every setting it prints the encode and decode times per frame
+//! (the best of five passes over the whole input, so other load on the machine
+//! inflates them least),
 //! the bitrate produced, and the waveform SNR and segmental SNR of the decoded audio
 //! against the input (aligned by the encoder's look-ahead). SNR is a crude quality
 //! measure for a perceptual codec, but differences between settings on the same input
@@ -136,13 +137,14 @@ fn main() -> R {
     let pcm = input()?;
     let frames: Vec<&[i16]> = pcm.chunks_exact(FRAME).collect();
     println!(
-        "{} frames of 20 ms; encode µs per frame (best of 5 passes), kbit/s, SNR / segmental SNR dB",
+        "{} frames of 20 ms; encode and decode (to 48 kHz) µs per frame (best of 5 passes), kbit/s, SNR / segmental SNR dB",
         frames.len()
     );
     let mut out = vec![0u8; 1500];
     for bitrate in [ffi::OPUS_AUTO, 32_000, 24_000] {
         for complexity in [0, 1, 3, 5, 7, 10] {
             let mut best = f64::MAX;
+            let mut best_decode = f64::MAX;
             let mut bytes = 0usize;
             let mut decoded = Vec::with_capacity(pcm.len());
             let mut lookahead = 0;
@@ -157,14 +159,19 @@ fn main() -> R {
                 }
                 let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
                 best = best.min(us);
-                if pass == 0 {
-                    bytes = packets.iter().map(Vec::len).sum();
-                    let mut dec = opus::Decoder::new(RATE as u32, opus::Channels::Mono)?;
-                    let mut buf = vec![0i16; FRAME * 6];
-                    for p in &packets {
-                        let n = dec.decode(p, &mut buf, false)?;
+                let mut dec = opus::Decoder::new(RATE as u32, opus::Channels::Mono)?;
+                let mut buf = vec![0i16; FRAME * 6];
+                let t = Instant::now();
+                for p in &packets {
+                    let n = dec.decode(p, &mut buf, false)?;
+                    if pass == 0 {
                         decoded.extend_from_slice(&buf[..n]);
                     }
+                }
+                let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
+                best_decode = best_decode.min(us);
+                if pass == 0 {
+                    bytes = packets.iter().map(Vec::len).sum();
                 }
             }
             let kbps = bytes as f64 * 8.0 / (frames.len() as f64 * 0.02) / 1000.0;
@@ -179,7 +186,7 @@ fn main() -> R {
                 format!("{}k", bitrate / 1000)
             };
             println!(
-                "bitrate {label:>4} complexity {complexity:>2}: encode {best:6.1} µs, {kbps:5.1} kbit/s, SNR {snr:5.2} dB, segSNR {seg:5.2} dB"
+                "bitrate {label:>4} complexity {complexity:>2}: encode {best:6.1} µs, decode {best_decode:5.1} µs, {kbps:5.1} kbit/s, SNR {snr:5.2} dB, segSNR {seg:5.2} dB"
             );
         }
     }

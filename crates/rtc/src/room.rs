@@ -32,8 +32,9 @@ pub struct ConnectOptions {
     /// reading; it must also exceed the number of participants already in the room,
     /// who are announced before [`connect`] returns.
     pub event_capacity: usize,
-    /// Opus encoder complexity of published tracks, 0–10 (libopus default 10). The
-    /// encoder dominates a stream's CPU; see `tests/benches/rtc_streams.rs`.
+    /// Opus encoder complexity of published tracks, 0–10 (libopus default 10; ours 3,
+    /// see the crate docs' "Opus" section). The encoder is the largest cost of a
+    /// stream; see `tests/benches/rtc_streams.rs`.
     pub opus_complexity: i32,
 }
 
