@@ -20,14 +20,30 @@
 //!   high-pass filter, in Rust with one small dependency. Nothing to link,
 //!   nothing fetched at build time, same algorithm the modern WebRTC uses.
 //!
-//! Measured here (see the tests): with a speaker-to-microphone path of 40 ms
-//! delay, a 0.6 gain and some low-pass colouring, echo alone comes out about
-//! 70 dB quieter once converged (the residual suppressor mutes what the linear
-//! filter leaves); near-end speech during double talk keeps its level within
-//! 4 dB, and without far-end audio within 0.5 dB. In the device test (PulseAudio
-//! null sinks with a loopback from speaker to microphone) the agent's own
-//! voice no longer reaches the VAD, while without the canceller it interrupts
-//! itself.
+//! Measured here (see the tests):
+//! - synthetic (this module): with a speaker-to-microphone path of 40 ms
+//!   delay, a 0.6 gain and some low-pass colouring, echo alone comes out
+//!   about 70 dB quieter once converged (the residual suppressor mutes what
+//!   the linear filter leaves); near-end speech during double talk keeps its
+//!   level within 4 dB, and without far-end audio within 0.5 dB;
+//! - through the pump on a simulated sound card (`pump` tests): the agent's
+//!   echo 30 ms later comes out 64 dB down once the first-convergence guard
+//!   has let go;
+//! - on PulseAudio (the device tests, `crates/cli/tests/console_audio.rs`):
+//!   with the microphone hearing the speaker's own mix the agent answers
+//!   without taking its voice for the user's; with `--no-aec` it interrupts
+//!   itself within a second.
+//!
+//! What it does not survive is an echo path that moves: PulseAudio's
+//! `module-loopback`, which keeps re-tuning its rate and latency, left the
+//! echo within a few dB after a second or two, and so does a reference that
+//! is not in step with the microphone. Hence the pump's design: the reference
+//! is what the output callback actually played, fed by the streams' sample
+//! clocks; and after a glitch (a late pump, a speaker that ran dry) and during
+//! the first 2 s of agent speech the pump mutes the microphone while the agent
+//! is audible (see `pump`). On a machine that stalls often (a loaded 2-core
+//! VM: pump gaps of 100 ms) that guard, not the canceller, does most of the
+//! work, and a user cannot talk over the agent.
 //!
 //! The canceller runs at 16 kHz mono, the rate the session listens at, in the
 //! audio pump thread (never in a device callback).
