@@ -47,7 +47,11 @@ const RENDER_BACKLOG: usize = BLOCK * 30;
 /// The glitch guard. A pump that ran late, or a speaker that ran dry, moves
 /// the echo relative to the reference the canceller has learnt, and until it
 /// re-converges (about a second) the agent's voice leaks through, enough for
-/// the VAD and the STT to take it for the user. So after such a glitch, for
+/// the VAD and the STT to take it for the user. (A speaker ring that ran dry
+/// is in the reference too; but on PulseAudio such a run came with server
+/// side glitches the reference cannot show: guarding only pump stalls and
+/// long underruns let the echo through in half the device tests on a loaded
+/// machine, guarding every underrun in none of them.) So after such a glitch, for
 /// [`GUARD_BLOCKS`] and only while the agent is audible, the canceller's
 /// output is muted. Muted, not attenuated: the VAD and the STT are nearly
 /// level-blind, and a leak 30 dB down still made turns of the agent's words.
