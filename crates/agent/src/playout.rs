@@ -65,6 +65,9 @@ struct Shared {
     events: Mutex<VecDeque<PlaybackEvent>>,
     /// Wakes the session when an event is queued.
     event_ready: Notify,
+    /// The generation being played and its text so far, for a session that
+    /// must know what was heard before the sink reports the end.
+    played: Mutex<(u64, String)>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ pub fn playout(
         wake: Notify::new(),
         events: Mutex::new(VecDeque::new()),
         event_ready: Notify::new(),
+        played: Mutex::new((0, String::new())),
     });
     (
         PlayoutWriter {
@@ -178,6 +182,17 @@ impl PlayoutControl {
     pub fn resume(&self) {
         self.shared.paused.store(false, Ordering::SeqCst);
         self.shared.wake.notify_one();
+    }
+
+    /// The text played so far of `generation` (empty if none of it played).
+    pub fn played_text(&self, generation: u64) -> String {
+        self.shared
+            .played
+            .lock()
+            .ok()
+            .filter(|p| p.0 == generation)
+            .map(|p| p.1.clone())
+            .unwrap_or_default()
     }
 
     pub fn try_event(&self) -> Option<PlaybackEvent> {
@@ -290,6 +305,9 @@ impl PlayoutReader {
                 text,
             } if generation == current => {
                 let active = self.active.get_or_insert_with(|| {
+                    if let Ok(mut p) = self.shared.played.lock() {
+                        *p = (generation, String::new());
+                    }
                     self.shared.emit(PlaybackEvent::Started { generation });
                     Active {
                         generation,
@@ -298,7 +316,12 @@ impl PlayoutReader {
                     }
                 });
                 active.samples += frame.samples_per_channel();
-                active.text.push_str(&text);
+                if !text.is_empty() {
+                    active.text.push_str(&text);
+                    if let Ok(mut p) = self.shared.played.lock() {
+                        p.1.push_str(&text);
+                    }
+                }
                 Some(Playout::Frame(frame))
             }
             Item::End { generation } if generation == current => {

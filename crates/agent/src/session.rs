@@ -668,13 +668,19 @@ impl Actor {
             debug!("draining: not answering a new turn");
             return;
         }
+        if let Some(old) = &self.reply {
+            // The machine only commits over a reply it is cancelling, whose
+            // sink may not have reported its end yet: it ends here, with what
+            // was heard of it, before the user's words.
+            let heard = match (&self.output, old.generation) {
+                (Some((_, control)), Some(g)) => control.played_text(g),
+                _ => old.text.clone(),
+            };
+            self.finish_reply(heard, true).await;
+        }
         info!(reply = id, user = %text, "user turn");
         self.chat.push(ChatMessage::user(text.clone()));
         self.emit(SessionEvent::UserTurn { reply: id, text }).await;
-        if let Some(old) = self.reply.take() {
-            // The machine only commits over a reply it is cancelling.
-            old.task.abort();
-        }
         let output = self.output.as_ref().map(|(w, c)| (w.clone(), c.begin()));
         let generation = output.as_ref().map(|(_, g)| *g);
         let job = ReplyJob {

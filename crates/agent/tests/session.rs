@@ -283,6 +283,8 @@ struct Setup {
     total_ms: u64,
     stt_script: Vec<&'static str>,
     interim_after: Option<Duration>,
+    /// How long after the end of speech the STT answers.
+    stt_lag: Duration,
     llm: Vec<Reply>,
     detector: Option<f32>,
     tools: ToolSet,
@@ -296,6 +298,7 @@ impl Default for Setup {
             total_ms: 10_000,
             stt_script: vec![],
             interim_after: None,
+            stt_lag: ms(100),
             llm: vec![],
             detector: None,
             tools: ToolSet::new(),
@@ -311,7 +314,7 @@ async fn run(setup: Setup) -> Run {
         llm: Arc::new(llm.clone()),
         stt: Some(Arc::new(ScriptedStt {
             script: Arc::new(Mutex::new(setup.stt_script.into())),
-            lag: ms(100),
+            lag: setup.stt_lag,
             interim_after: setup.interim_after,
         })),
         tts: Some(Arc::new(tts.clone())),
@@ -853,4 +856,58 @@ async fn a_panicking_stage_ends_the_session_as_a_panic() {
         tokio::time::sleep(ms(10)).await;
     }
     assert_eq!(metrics.num_alive_tasks(), before);
+}
+
+/// A slow STT: the words of speech over the agent arrive only after the
+/// endpointing delay, so the interruption and the new turn are decided at the
+/// same moment. The interrupted reply still ends first, with what was heard of
+/// it, and the history keeps the order assistant → user.
+#[tokio::test(start_paused = true)]
+async fn a_turn_committed_over_a_paused_reply_records_what_was_heard_first() {
+    let reply = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen sixteen.";
+    let r = run(Setup {
+        speech: vec![(1000, 2000), (4000, 5000)],
+        total_ms: 12_000,
+        stt_script: vec!["count for me", "stop please"],
+        stt_lag: ms(700),
+        llm: vec![Reply::Text(reply), Reply::Text("Okay, stopping.")],
+        ..Default::default()
+    })
+    .await;
+    let spoke: Vec<(u64, String, bool)> = r
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SessionEvent::AgentSpoke {
+                reply,
+                text,
+                interrupted,
+            } => Some((*reply, text.clone(), *interrupted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spoke.len(), 2, "{spoke:?}");
+    let (first, heard, interrupted) = &spoke[0];
+    assert_eq!(*first, 1);
+    assert!(*interrupted);
+    assert!(
+        !heard.is_empty() && reply.starts_with(heard.as_str()) && heard.len() < reply.len(),
+        "{heard:?}"
+    );
+    let roles: Vec<(Role, String)> = r
+        .chat
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| (m.role, m.content.clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (Role::User, "count for me".to_owned()),
+            (Role::Assistant, heard.clone()),
+            (Role::User, "stop please".to_owned()),
+            (Role::Assistant, "Okay, stopping.".to_owned()),
+        ]
+    );
 }
