@@ -24,15 +24,20 @@
 //! - at the receivers (the peers decoding our frames, and we decoding theirs): frames/s
 //!   per stream and the p99 of |inter-arrival interval − 20 ms|.
 //!
-//! Figures and their caveats: the crate docs of `rtc`, "Cost per stream". Typical
-//! output on the shared 2-core machine (load average 3–8 from other work):
+//! Figures and their caveats: the crate docs of `rtc`, "Cost per stream". Output of
+//! a run on the shared 2-core machine while it was otherwise quiet:
 //!
 //! ```text
-//! streams  10 (opus complexity 3, peers' 0; load average 3.53 6.14 6.11 → 3.21 5.99 6.06; machine 129 % of 200 %: ours 16 %, peers 14 %, server 12 %)
-//!   cpu 1.65 % of a core per stream, memory 1.11 MB per stream (11.1 MB total)
-//!   sent: 50.02 frames/s per stream (mean interval 19.99 ms), interval jitter p99 2.25 ms max 5.00 ms, lateness behind the grid p50 1.50 p99 3.00 max 196.35 ms, 0 slots skipped
-//!   received by the peers: 44.99 frames/s per stream, inter-arrival jitter p99 3.25 ms max 7.25 ms (1 of them receiving nothing)
-//!   received by us: 45.00 frames/s per stream, inter-arrival jitter p99 3.50 ms (1 of us receiving nothing)
+//! streams  10 (opus complexity 3, peers' 0; load average 3.27 4.30 5.05 → 2.77 4.16 5.00; machine 50 % of 200 %: ours 16 %, peers 13 %, server 11 %)
+//!   cpu 1.64 % of a core per stream, memory 1.14 MB per stream (11.4 MB total)
+//!   sent: 50.00 frames/s per stream (mean interval 20.00 ms), interval jitter p99 1.25 ms max 1.75 ms, lateness behind the grid p50 1.25 p99 2.25 max 3.50 ms, 0 slots skipped
+//!   received by the peers: 49.99 frames/s per stream, inter-arrival jitter p99 1.25 ms max 2.25 ms (0 of them receiving nothing)
+//!   received by us: 49.99 frames/s per stream, inter-arrival jitter p99 1.50 ms (0 of us receiving nothing)
+//! streams  50 (opus complexity 3, peers' 0; load average 3.17 4.15 4.98 → 3.24 4.13 4.96; machine 152 % of 200 %: ours 69 %, peers 56 %, server 35 %)
+//!   cpu 1.37 % of a core per stream, memory 1.06 MB per stream (52.9 MB total)
+//!   sent: 50.01 frames/s per stream (mean interval 20.00 ms), interval jitter p99 3.50 ms max 16.00 ms, lateness behind the grid p50 1.50 p99 4.00 max 16.50 ms, 0 slots skipped
+//!   received by the peers: 50.00 frames/s per stream, inter-arrival jitter p99 5.75 ms max 27.00 ms (0 of them receiving nothing)
+//!   received by us: 50.00 frames/s per stream, inter-arrival jitter p99 5.50 ms (0 of us receiving nothing)
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -428,14 +433,12 @@ async fn run(server: &LiveKitServer, n: usize) -> R {
     };
     let mut frames = 0u64;
     let mut skipped = 0u64;
-    let mut late_max = 0u64;
     let mut lateness = CadenceHistogram::default();
     let mut deviation = CadenceHistogram::default();
     for (p, s0) in parts.iter().zip(stats0) {
         let s = p.track.stats();
         frames += s.frames_sent - s0.frames_sent;
         skipped += s.slots_skipped - s0.slots_skipped;
-        late_max = late_max.max(s.max_lateness_us);
         lateness.add(&s.lateness.since(&s0.lateness));
         deviation.add(&s.interval_deviation.since(&s0.interval_deviation));
     }
@@ -453,7 +456,7 @@ async fn run(server: &LiveKitServer, n: usize) -> R {
          ours {cpu_pct:.0} %, peers {:.0} %, server {:.0} %)\n  \
          cpu {:.2} % of a core per stream, memory {:.2} MB per stream ({:.1} MB total)\n  \
          sent: {sent_fps:.2} frames/s per stream (mean interval {:.2} ms), interval jitter p99 {} ms max {} ms, \
-         lateness behind the grid p50 {} p99 {} max {:.2} ms, {skipped} slots skipped\n  \
+         lateness behind the grid p50 {} p99 {} max {} ms, {skipped} slots skipped\n  \
          received by the peers: {:.2} frames/s per stream, inter-arrival jitter p99 {peer_p99} ms max {peer_max} ms \
          ({peer_silent} of them receiving nothing)\n  \
          received by us: {:.2} frames/s per stream, inter-arrival jitter p99 {} ms ({silent} of us receiving nothing)",
@@ -471,7 +474,7 @@ async fn run(server: &LiveKitServer, n: usize) -> R {
         ms(deviation.percentile(100.0)),
         ms(lateness.percentile(50.0)),
         ms(lateness.percentile(99.0)),
-        late_max as f64 / 1000.0,
+        ms(lateness.percentile(100.0)),
         peer_frames / wall / n as f64,
         (recv1 - recv0) as f64 / wall / n as f64,
         ms(jitter_in.percentile(99.0)),
