@@ -138,7 +138,7 @@
 //! | streams | CPU per stream (% of one core) | memory per stream | sent | jitter p99 at sender / receivers |
 //! |---|---|---|---|---|
 //! | 1, quiet (load 4.0→3.7, decaying) | 2.00 % (mostly the process's fixed cost) | 7.2 MB (one-time setup) | 50.0 frames/s | 1.0 ms / 1.0 ms |
-//! | 10, quiet | 1.64 % | 1.1 MB | 50.0 frames/s | 1.3 ms / 1.3 ms |
+//! | 10, quiet (load < 1–3) | 1.64 %, 1.71 % (1.72 % at complexity 5, 1.45 % at 1) | 1.1–1.8 MB | 50.0 frames/s | 1.3 ms / 1.3 ms |
 //! | 50, quiet (the bench alone keeps the machine 152 % busy) | 1.37 % | 1.1 MB | 50.0 frames/s, none skipped | 3.5 ms / 5.8 ms |
 //! | 10, loaded (load 3.5–6) | 1.54–1.65 % (1.77–1.94 % at complexity 5, 1.37 % at 1) | 1.1–1.8 MB | 50.0 frames/s | 1.8–20 ms / 2.3–20 ms |
 //! | 50, loaded (load 8.2, machine 194 % busy) | 1.00 %, understated: 20 % of slots skipped | 1.1 MB | 39.8 frames/s | > 100 ms / > 100 ms |
@@ -156,13 +156,15 @@
 //! where the process's fixed cost dominates. Complexity 1 (`opus_complexity: 1`)
 //! brings 10 streams to ~1.4 % for a further 0.2 dB.
 //!
-//! Under load the bench intermittently shows a few rooms (0 of 10 in the quiet run,
-//! 1–3 of 10 and 5–8 of 50 in loaded ones) where neither side ever receives the
-//! other's track: both subscriber connections are up but no RTP arrives, so
+//! The bench intermittently shows a few rooms (0–3 of 10 and 0–8 of 50, quiet or
+//! loaded) where one or both sides never receive the other's track: both subscriber connections are up but no RTP arrives, so
 //! webrtc-rs never reports the track. Seen since connections got faster (`dc2e1b3`,
 //! STUN-less gathering on loopback); not yet diagnosed. The bench counts them
 //! ("receiving nothing"); a stream that receives nothing costs ~0.5 % less, so runs
-//! with such rooms understate CPU per stream, and the loaded rows above include some.
+//! with such rooms understate CPU per stream: all rows above but the first quiet run
+//! (1.64 %, 1.37 %) include some, as do the complexity comparisons (1–3 rooms each),
+//! which therefore only bound the effect of complexity. Memory per stream at 10
+//! varies between runs (1.1 or 1.8 MB), with the allocator's per-thread arenas.
 //!
 //! ## Logging
 //!
