@@ -10,8 +10,10 @@
 //!
 //! Printed per N: dispatch → published track (from the worker's log: job
 //! assigned → job running), per-stage turn latencies (the worker's own turn
-//! metrics), the worker's CPU (% of one core, over the talking window), its
-//! RSS (idle, peak, and per added session), and its late audio frames.
+//! metrics), the worker's CPU (% of one core, over the talking window) and the
+//! time its threads waited for a CPU other processes held (the users, the
+//! server and the stand-ins share this machine), its RSS (idle, peak, and per
+//! added session), and its late audio frames.
 //!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
@@ -87,9 +89,9 @@ async fn run() -> Result<(), HarnessError> {
         bin.display()
     );
     println!(
-        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | RSS idle → peak MB | MB per session | late frames |"
+        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | worker waiting for a CPU % | load avg | RSS idle → peak MB | MB per session | late frames |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         match one_size(n, turns, &dir, &question, answer.clone()).await {
             Ok(row) => println!("{row}"),
@@ -98,6 +100,14 @@ async fn run() -> Result<(), HarnessError> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The machine's 1-minute load average.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Process CPU time (user + system) in seconds, and RSS in MB.
@@ -117,6 +127,21 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
         .ok()?;
     // USER_HZ is 100 on Linux.
     Some((ticks / 100.0, rss_kb / 1024.0))
+}
+
+/// Seconds the process's threads spent runnable but waiting for a CPU (all
+/// threads, from `/proc/PID/task/*/schedstat`): how much other processes
+/// starved it.
+fn runqueue_wait(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }
 
 struct Worker {
@@ -250,6 +275,8 @@ async fn one_size(
 
     // Sample the worker while the users talk.
     let (cpu0, _) = proc_usage(pid).ok_or_else(|| err("worker gone"))?;
+    let wait0 = runqueue_wait(pid);
+    let load0 = loadavg();
     let t0 = Instant::now();
     let mut rss_peak = rss_idle;
     let mut cpu1 = cpu0;
@@ -262,7 +289,10 @@ async fn one_size(
             t1 = Instant::now();
         }
     }
-    let cpu_pct = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64().max(1e-3) * 100.0;
+    let window = t1.duration_since(t0).as_secs_f64().max(1e-3);
+    let cpu_pct = (cpu1 - cpu0) / window * 100.0;
+    let wait_pct = (runqueue_wait(pid) - wait0) / window * 100.0;
+    let load1 = loadavg();
     for u in &mut users {
         let _ = u.wait_event("done", Duration::from_secs(60)).await;
     }
@@ -315,12 +345,13 @@ async fn one_size(
         )));
     }
     Ok(format!(
-        "| {n} | {} | {} | {} | {} | {} | {turns_done} | {cpu_pct:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
+        "| {n} | {} | {} | {} | {} | {} | {turns_done} of {} | {cpu_pct:.1} | {wait_pct:.1} | {load0:.1} → {load1:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
         percentiles(dispatch),
         percentiles(eou),
         percentiles(ttft),
         percentiles(ttfb),
         percentiles(e2e),
+        n * turns,
         (rss_peak - rss_idle) / n as f64,
         if frames > 0.0 {
             late / frames * 100.0
