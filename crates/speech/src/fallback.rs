@@ -86,21 +86,35 @@ impl Health {
 
 // ---------------------------------------------------------------- STT
 
-/// An STT that falls back to a second one. See the module docs.
-#[derive(Clone)]
-pub struct FallbackStt {
-    primary: Arc<dyn Stt>,
-    fallback: Arc<dyn Stt>,
+/// A stage that falls back to a second one of its kind. See the module docs.
+pub struct Fallback<S: ?Sized> {
+    primary: Arc<S>,
+    fallback: Arc<S>,
     health: Arc<Health>,
 }
 
-impl FallbackStt {
+impl<S: ?Sized> Clone for Fallback<S> {
+    fn clone(&self) -> Self {
+        Self {
+            primary: self.primary.clone(),
+            fallback: self.fallback.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized> Fallback<S> {
     /// `names` are for the log: (primary, fallback).
-    pub fn new(primary: Arc<dyn Stt>, fallback: Arc<dyn Stt>, names: (&str, &str)) -> Self {
+    fn for_stage(
+        stage: &'static str,
+        primary: Arc<S>,
+        fallback: Arc<S>,
+        names: (&str, &str),
+    ) -> Self {
         Self {
             primary,
             fallback,
-            health: Health::new("stt", names.0.into(), names.1.into()),
+            health: Health::new(stage, names.0.into(), names.1.into()),
         }
     }
 
@@ -110,6 +124,16 @@ impl FallbackStt {
             h.cooldown = cooldown;
         }
         self
+    }
+}
+
+/// An STT that falls back to a second one.
+pub type FallbackStt = Fallback<dyn Stt>;
+
+impl FallbackStt {
+    /// `names` are for the log: (primary, fallback).
+    pub fn new(primary: Arc<dyn Stt>, fallback: Arc<dyn Stt>, names: (&str, &str)) -> Self {
+        Self::for_stage("stt", primary, fallback, names)
     }
 }
 
@@ -350,31 +374,14 @@ impl SttTask {
 
 // ---------------------------------------------------------------- TTS
 
-/// A TTS that falls back to a second one. See the module docs. Both should
-/// produce audio the session can resample (any rate, mono).
-#[derive(Clone)]
-pub struct FallbackTts {
-    primary: Arc<dyn Tts>,
-    fallback: Arc<dyn Tts>,
-    health: Arc<Health>,
-}
+/// A TTS that falls back to a second one. Both should produce audio the
+/// session can resample (any rate, mono).
+pub type FallbackTts = Fallback<dyn Tts>;
 
 impl FallbackTts {
     /// `names` are for the log: (primary, fallback).
     pub fn new(primary: Arc<dyn Tts>, fallback: Arc<dyn Tts>, names: (&str, &str)) -> Self {
-        Self {
-            primary,
-            fallback,
-            health: Health::new("tts", names.0.into(), names.1.into()),
-        }
-    }
-
-    /// How long new streams skip a failed primary (default 30 s).
-    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
-        if let Some(h) = Arc::get_mut(&mut self.health) {
-            h.cooldown = cooldown;
-        }
-        self
+        Self::for_stage("tts", primary, fallback, names)
     }
 }
 

@@ -32,7 +32,7 @@ pub mod whisper;
 pub use earshot_vad::{EarshotVad, EarshotVadFactory};
 pub use error::SpeechError;
 pub use espeak_tts::{EspeakTts, EspeakVoice};
-pub use fallback::{FallbackStt, FallbackTts};
+pub use fallback::{Fallback, FallbackStt, FallbackTts};
 pub use inference::{
     InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts, InferenceTtsOptions,
 };
