@@ -410,6 +410,20 @@ impl Run {
             .cloned()
             .collect()
     }
+    /// Every `AgentSpoke`: (reply, text, interrupted).
+    fn spoken(&self) -> Vec<(u64, String, bool)> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                SessionEvent::AgentSpoke {
+                    reply,
+                    text,
+                    interrupted,
+                } => Some((*reply, text.clone(), *interrupted)),
+                _ => None,
+            })
+            .collect()
+    }
     fn states(&self) -> Vec<AgentState> {
         self.events
             .iter()
@@ -419,6 +433,19 @@ impl Run {
             })
             .collect()
     }
+}
+
+/// Waits (a second at most) for the runtime's live tasks to be back at
+/// `before`: spawned stage tasks notice their channels closed within a few
+/// polls.
+async fn tasks_return_to(metrics: &tokio::runtime::RuntimeMetrics, before: usize) {
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() == before {
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
 }
 
 // ------------------------------------------------------------ tests
@@ -553,12 +580,7 @@ async fn interruption_keeps_only_the_played_text_in_history() {
     );
     assert!(reply.starts_with(&cut.content), "{:?}", cut.content);
     assert!(!assistant[1].interrupted);
-    let spoke = r.events.iter().find_map(|(_, e)| match e {
-        SessionEvent::AgentSpoke {
-            text, interrupted, ..
-        } => Some((text.clone(), *interrupted)),
-        _ => None,
-    });
+    let spoke = r.spoken().into_iter().next().map(|(_, t, i)| (t, i));
     assert_eq!(spoke, Some((cut.content.clone(), true)));
     // The user's interrupting words became the next turn.
     let users: Vec<_> = r
@@ -712,14 +734,7 @@ async fn no_task_of_the_session_outlives_it() {
         .expect("no panic");
     while events.recv().await.is_some() {}
     drop(reader);
-    // Spawned stage tasks notice their channels closed within a few polls.
-    for _ in 0..100 {
-        if metrics.num_alive_tasks() == before {
-            break;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-    assert_eq!(metrics.num_alive_tasks(), before);
+    tasks_return_to(&metrics, before).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -849,13 +864,7 @@ async fn a_panicking_stage_ends_the_session_as_a_panic() {
         assert!(ended.is_err_and(|e| e.is_panic()));
         drop(handle);
     }
-    for _ in 0..100 {
-        if metrics.num_alive_tasks() == before {
-            break;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-    assert_eq!(metrics.num_alive_tasks(), before);
+    tasks_return_to(&metrics, before).await;
 }
 
 /// A slow STT: the words of speech over the agent arrive only after the
@@ -874,18 +883,7 @@ async fn a_turn_committed_over_a_paused_reply_records_what_was_heard_first() {
         ..Default::default()
     })
     .await;
-    let spoke: Vec<(u64, String, bool)> = r
-        .events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            SessionEvent::AgentSpoke {
-                reply,
-                text,
-                interrupted,
-            } => Some((*reply, text.clone(), *interrupted)),
-            _ => None,
-        })
-        .collect();
+    let spoke = r.spoken();
     assert_eq!(spoke.len(), 2, "{spoke:?}");
     let (first, heard, interrupted) = &spoke[0];
     assert_eq!(*first, 1);
