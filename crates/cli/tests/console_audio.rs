@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
@@ -124,60 +124,6 @@ impl Drop for Pulse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A local OpenAI-compatible chat completions server streaming `REPLY`.
-async fn llm_stand_in() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let mut r = String::from(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-                );
-                let words: Vec<&str> = REPLY.split_inclusive(' ').collect();
-                for piece in words.chunks(3) {
-                    let event = serde_json::json!({
-                        "id": "c1", "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": piece.concat()}, "finish_reason": null}]
-                    });
-                    r.push_str(&format!("data: {event}\n\n"));
-                }
-                r.push_str("data: [DONE]\n\n");
-                let _ = sock.write_all(r.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}/v1")
 }
 
 fn write_config(dir: &Path, llm_url: &str) -> PathBuf {
@@ -457,8 +403,9 @@ type Until = (&'static str, fn(&str) -> bool);
 
 /// Plays the question into the room, waits for `until`, then presses Ctrl-C.
 async fn converse(pulse: &Pulse, dir: &Path, extra: &[&str], until: Until) -> Conversation {
-    let llm = llm_stand_in().await;
-    let config = write_config(dir, &llm);
+    // The e2e harness's OpenAI-compatible stand-in; stops when dropped.
+    let llm = e2e_tests::llm_stand_in(REPLY).await.expect("LLM stand-in");
+    let config = write_config(dir, &llm.url);
     let question = dir.join("question.wav");
     espeak(QUESTION, &question).await;
 
