@@ -165,8 +165,8 @@
 //! webrtc-rs never reports the track. Seen since connections got faster (`dc2e1b3`,
 //! STUN-less gathering on loopback): at `b9a37b2`, just before it, three 10-stream
 //! runs had none. Not yet diagnosed; our sender's writes succeed, and the same
-//! symptom made `rtc_e2e`'s `we_publish_speech_and_python_records_it` fail once in
-//! three suite runs (the Python client saw us join, never our track). The bench counts them
+//! symptom made `rtc_e2e`'s `we_publish_speech_and_python_records_it` fail in two of
+//! four suite runs (the Python client saw us join, never our track). The bench counts them
 //! ("receiving nothing"); a stream that receives nothing costs ~0.5 % less, so runs
 //! with such rooms understate CPU per stream: all rows above but the first quiet run
 //! (1.64 %, 1.37 %) include some, as do the complexity comparisons (1–3 rooms each),
