@@ -194,6 +194,11 @@ struct Published {
     info: Option<proto::TrackInfo>,
     /// Where the pacer writes; the engine swaps it on rejoin.
     sink_tx: watch::Sender<Option<RtpSink>>,
+    /// A sink whose track is in an offer the server has not answered yet.
+    /// RTP sent before the server applies the offer carries an SSRC it cannot
+    /// place (no MID extension on audio), and it drops that stream for good:
+    /// the sink is handed to the pacer once the answer is in.
+    held_sink: Option<RtpSink>,
     /// The pacer task; aborted when the engine ends.
     pacer: Option<JoinHandle<()>>,
 }
@@ -848,7 +853,14 @@ impl Engine {
                     }
                 }
                 if std::mem::take(&mut s.renegotiate) {
+                    // Tracks added since are in the next offer, not this one.
                     self.negotiate_publisher(false).await?;
+                } else {
+                    for p in &mut self.published {
+                        if let Some(sink) = p.held_sink.take() {
+                            let _ = p.sink_tx.send(Some(sink));
+                        }
+                    }
                 }
             }
             Resp::Offer(o) => {
@@ -944,7 +956,7 @@ impl Engine {
         let result = self.attach_local_track(&tp.cid, &pending.name, &info).await;
         match (result, pending.reply) {
             (Ok(sink), Some(reply)) => {
-                let (sink_tx, sink_rx) = watch::channel(Some(sink));
+                let (sink_tx, sink_rx) = watch::channel(None);
                 match audio::spawn_local_track(
                     self.options.opus_complexity,
                     info.sid.clone(),
@@ -959,6 +971,7 @@ impl Engine {
                             sid: info.sid.clone(),
                             info: Some(info),
                             sink_tx,
+                            held_sink: Some(sink),
                             pacer: Some(pacer),
                         });
                         let _ = reply.send(Ok(track));
@@ -972,7 +985,7 @@ impl Engine {
                 if let Some(p) = self.published.iter_mut().find(|p| p.cid == tp.cid) {
                     p.sid = info.sid.clone();
                     p.info = Some(info);
-                    let _ = p.sink_tx.send(Some(sink));
+                    p.held_sink = Some(sink);
                 }
             }
             (Err(e), Some(reply)) => {
