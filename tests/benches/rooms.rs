@@ -15,6 +15,11 @@
 //! server and the stand-ins share this machine), its RSS (idle, peak, and per
 //! added session), and its late audio frames.
 //!
+//! The users and the server share this machine with the worker; they stand
+//! for load that would be elsewhere in production, so they run at a lower
+//! priority (`nice` 10) unless `USERS_NICE=0`: the worker's figures are then
+//! what it does when it gets the CPU it asks for.
+//!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
 
@@ -71,6 +76,7 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
 
 async fn run() -> Result<(), HarnessError> {
     let sizes = env_list("ROOMS", "1,10,50");
+    let users_nice = env_list("USERS_NICE", "10").first().copied().unwrap_or(10);
     let turns = env_list("TURNS", "3").first().copied().unwrap_or(3);
     let bin = voice_agent_bin()?;
     if !bin.to_string_lossy().contains("release") {
@@ -85,7 +91,7 @@ async fn run() -> Result<(), HarnessError> {
     let answer = Arc::new(resample(&read_wav(&answer_wav)?, 24_000).samples);
 
     println!(
-        "rooms bench: {turns} questions per room, {GAP_S} s apart; cloud speech stand-ins; worker {}",
+        "rooms bench: {turns} questions per room, {GAP_S} s apart; cloud speech stand-ins; users and server at nice {users_nice}; worker {}",
         bin.display()
     );
     println!(
@@ -93,7 +99,7 @@ async fn run() -> Result<(), HarnessError> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        match one_size(n, turns, &dir, &question, answer.clone()).await {
+        match one_size(n, turns, users_nice, &dir, &question, answer.clone()).await {
             Ok(row) => println!("{row}"),
             Err(e) => println!("| {n} | failed: {e} |"),
         }
@@ -231,14 +237,27 @@ fn percentiles(mut v: Vec<f64>) -> String {
     format!("{:.0} / {:.0}", at(50.0), at(99.0))
 }
 
+/// Lowers a process's priority (best effort: the figures say what was asked).
+async fn renice(pid: Option<u32>, nice: usize) {
+    if let (Some(pid), true) = (pid, nice > 0) {
+        let _ = Command::new("renice")
+            .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await;
+    }
+}
+
 async fn one_size(
     n: usize,
     turns: usize,
+    users_nice: usize,
     dir: &Path,
     question: &Path,
     answer: Arc<Vec<i16>>,
 ) -> Result<String, HarnessError> {
     let server = LiveKitServer::start().await?;
+    renice(server.pid(), users_nice).await;
     let gw = gateway::Gateway::start(Arc::new(move |_: &str| answer.as_ref().clone())).await;
     // Every end of speech is answered with the question (plenty to spare).
     let script = vec![QUESTION; n * turns * 4];
@@ -270,7 +289,9 @@ async fn one_size(
             duration.to_string(),
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        users.push(Human::spawn_script("rooms.py", &args).await?);
+        let user = Human::spawn_script("rooms.py", &args).await?;
+        renice(user.pid(), users_nice).await;
+        users.push(user);
     }
 
     // Sample the worker while the users talk.

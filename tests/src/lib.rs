@@ -171,6 +171,11 @@ impl LiveKitServer {
         }
     }
 
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// `ws://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
@@ -266,6 +271,11 @@ impl Human {
             lines: rx,
             seen: Vec::new(),
         })
+    }
+
+    /// The script's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Wait for the next line whose `"event"` is `event` (earlier lines are kept in `seen`).
