@@ -159,19 +159,18 @@
 //! A second quiet run confirmed the cadence at 50 streams: 50.0 frames/s, jitter p99
 //! 2.0 ms at the sender and 3.3 ms at the receivers, no slot skipped.
 //!
-//! The bench intermittently shows rooms (0–3 of 10, 0–22 of 50, and the single room
-//! of a 1-stream run once; quiet or loaded) where one or both sides never receive
-//! the other's track: both subscriber connections are up but no RTP arrives, so
-//! webrtc-rs never reports the track. Seen since connections got faster (`dc2e1b3`,
-//! STUN-less gathering on loopback): at `b9a37b2`, just before it, three 10-stream
-//! runs had none. Not yet diagnosed; our sender's writes succeed, and the same
-//! symptom made `rtc_e2e`'s `we_publish_speech_and_python_records_it` fail in two of
-//! four suite runs (the Python client saw us join, never our track). The bench counts them
-//! ("receiving nothing"); a stream that receives nothing costs ~0.5 % less, so runs
-//! with such rooms understate CPU per stream: all rows above but the first quiet run
-//! (1.64 %, 1.37 %) include some, as do the complexity comparisons (1–3 rooms each),
-//! which therefore only bound the effect of complexity. Memory per stream at 10
-//! varies between runs (1.1 or 1.8 MB), with the allocator's per-thread arenas.
+//! Until the fix below, the bench intermittently showed rooms (0–3 of 10, 0–22 of
+//! 50, once the single room of a 1-stream run) where one side never received the
+//! other's track. Cause: once connecting on loopback got fast (no STUN gathering),
+//! a new track's first RTP reached the SFU before the offer announcing it; with no
+//! MID header extension on audio the SFU could not place the SSRC and dropped that
+//! stream for good. A published track's sink is now held until the server has
+//! answered the offer that carries it. After the fix: 0 of 10 and 0 of 50 rooms
+//! receiving nothing (one run each, on a busy machine). The figures in the table
+//! above predate the fix, and the runs with such rooms understate CPU per stream
+//! (a stream that receives nothing costs ~0.5 % less): the first quiet run (1.64 %,
+//! 1.37 %) had none. Memory per stream at 10 varies between runs (1.1 or 1.8 MB),
+//! with the allocator's per-thread arenas.
 //!
 //! ## Logging
 //!
