@@ -278,6 +278,23 @@ impl Human {
         self.child.id()
     }
 
+    /// Wait for an agent (a participant whose identity starts with `agent-`)
+    /// to be in the room; returns its `participant` event. Other participants'
+    /// events are kept in `seen`.
+    pub async fn wait_agent(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, HarnessError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.wait_event("participant", left).await?;
+            if is_agent(&v) {
+                return Ok(v);
+            }
+        }
+    }
+
     /// Wait for the next line whose `"event"` is `event` (earlier lines are kept in `seen`).
     pub async fn wait_event(
         &mut self,
@@ -648,6 +665,13 @@ pub fn metric(metrics: &str, name: &str) -> Option<f64> {
         let (series, value) = l.rsplit_once(' ')?;
         (series == name).then(|| value.parse().ok())?
     })
+}
+
+/// Whether a Python event is about an agent participant (identity `agent-…`).
+pub fn is_agent(event: &serde_json::Value) -> bool {
+    event["identity"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("agent-"))
 }
 
 /// How the LLM stand-in answers one request.

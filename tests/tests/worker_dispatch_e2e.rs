@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, create_dispatch, init_logging, llm_stand_in,
-    token, token_dispatching,
+    AgentProcess, HarnessError, Human, LiveKitServer, create_dispatch, init_logging, is_agent,
+    llm_stand_in, token, token_dispatching,
 };
 
 fn err(msg: impl Into<String>) -> HarnessError {
@@ -15,12 +15,8 @@ fn err(msg: impl Into<String>) -> HarnessError {
 }
 
 fn agent_seen(seen: &[serde_json::Value]) -> Option<&serde_json::Value> {
-    seen.iter().find(|v| {
-        v["event"] == "participant"
-            && v["identity"]
-                .as_str()
-                .is_some_and(|i| i.starts_with("agent-"))
-    })
+    seen.iter()
+        .find(|v| v["event"] == "participant" && is_agent(v))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,18 +63,10 @@ async fn named_worker_comes_only_when_dispatched() -> Result<(), HarnessError> {
     .await?;
     asked.wait_event("ready", Duration::from_secs(30)).await?;
     let joined = Instant::now();
-    let p = loop {
-        let p = asked
-            .wait_event("participant", Duration::from_secs(15))
-            .await
-            .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
-        if p["identity"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("agent-"))
-        {
-            break p;
-        }
-    };
+    let p = asked
+        .wait_agent(Duration::from_secs(15))
+        .await
+        .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
     eprintln!(
         "explicit dispatch: agent in the room after {:?}",
         joined.elapsed()
@@ -121,27 +109,16 @@ async fn named_worker_comes_only_when_dispatched() -> Result<(), HarnessError> {
         .wait_event("participant", Duration::from_millis(10))
         .await
     {
-        if v["identity"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("agent-"))
-        {
+        if is_agent(&v) {
             return Err(err(format!("agent joined before the API dispatch: {v}")));
         }
     }
     let dispatched = Instant::now();
     let id = create_dispatch(&server, "api-dispatch", "kimi-e2e").await?;
-    loop {
-        let p = api_room
-            .wait_event("participant", Duration::from_secs(15))
-            .await
-            .map_err(|e| err(format!("{e}; dispatch {id}; agent log:\n{}", agent_log())))?;
-        if p["identity"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("agent-"))
-        {
-            break;
-        }
-    }
+    api_room
+        .wait_agent(Duration::from_secs(15))
+        .await
+        .map_err(|e| err(format!("{e}; dispatch {id}; agent log:\n{}", agent_log())))?;
     eprintln!(
         "API dispatch {id}: agent in the room {:?} after the request",
         dispatched.elapsed()

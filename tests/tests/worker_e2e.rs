@@ -60,18 +60,10 @@ async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessErro
     .await?;
     human.wait_event("ready", Duration::from_secs(30)).await?;
     let joined = Instant::now();
-    let agent_p = loop {
-        let p = human
-            .wait_event("participant", Duration::from_secs(20))
-            .await
-            .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
-        if p["identity"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("agent-"))
-        {
-            break p;
-        }
-    };
+    let agent_p = human
+        .wait_agent(Duration::from_secs(20))
+        .await
+        .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
     let dispatch = joined.elapsed();
     eprintln!("dispatch: user joined → agent in the room after {dispatch:?}");
     let agent_identity = agent_p["identity"].as_str().unwrap_or_default().to_owned();

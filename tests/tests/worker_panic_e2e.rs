@@ -137,34 +137,15 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
         &["--duration", "60"],
     )
     .await?;
-    let agent_of = |v: &serde_json::Value| {
-        v["identity"]
-            .as_str()
-            .filter(|i| i.starts_with("agent-"))
-            .map(str::to_owned)
-    };
-    let quiet_agent = loop {
-        let v = quiet
-            .wait_event("participant", Duration::from_secs(30))
-            .await?;
-        if let Some(a) = agent_of(&v) {
-            break a;
-        }
-    };
+    let identity = |v: serde_json::Value| v["identity"].as_str().unwrap_or_default().to_owned();
+    let quiet_agent = identity(quiet.wait_agent(Duration::from_secs(30)).await?);
     let mut loud = Human::spawn(
         &server.url(),
         &token("loud", "panic-loud")?,
         &["--publish-wav", speech, "--duration", "60"],
     )
     .await?;
-    let loud_agent = loop {
-        let v = loud
-            .wait_event("participant", Duration::from_secs(30))
-            .await?;
-        if let Some(a) = agent_of(&v) {
-            break a;
-        }
-    };
+    let loud_agent = identity(loud.wait_agent(Duration::from_secs(30)).await?);
     // The speaking user's agent panics and leaves.
     loop {
         let v = loud
@@ -214,14 +195,7 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
         &["--duration", "30"],
     )
     .await?;
-    loop {
-        let v = fresh
-            .wait_event("participant", Duration::from_secs(30))
-            .await?;
-        if agent_of(&v).is_some() {
-            break;
-        }
-    }
+    fresh.wait_agent(Duration::from_secs(30)).await?;
     eprintln!("panic isolated: {quiet_agent} stayed, {loud_agent} failed alone");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), run).await;

@@ -67,18 +67,10 @@ async fn worker_registers_again_after_server_restart() -> Result<(), HarnessErro
     )
     .await?;
     human.wait_event("ready", Duration::from_secs(30)).await?;
-    loop {
-        let p = human
-            .wait_event("participant", Duration::from_secs(15))
-            .await
-            .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
-        if p["identity"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("agent-"))
-        {
-            break;
-        }
-    }
+    human
+        .wait_agent(Duration::from_secs(15))
+        .await
+        .map_err(|e| err(format!("{e}; agent log:\n{}", agent_log())))?;
     human.kill().await;
     let _ = agent.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
