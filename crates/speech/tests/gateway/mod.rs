@@ -343,29 +343,9 @@ async fn serve_stt(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
                 if !s["extra"].is_object() {
                     bad.push("settings.extra is not an object".into());
                 }
-                if created {
-                    bad.push("second session.create".into());
-                }
-                created = true;
-                state.lock().unwrap().conns[index].session_create = Some(v.clone());
-                if !bad.is_empty() {
-                    let msg = bad.join("; ");
-                    problem(&state, index, msg.clone());
-                    let _ = strike(
-                        &mut ws,
-                        &Fault::Error {
-                            code: 400,
-                            message: msg,
-                        },
-                    )
-                    .await;
+                if !open_session(&mut ws, &state, index, &mut created, &v, bad, "stt").await {
                     return;
                 }
-                let _ = send(
-                    &mut ws,
-                    json!({"type": "session.created", "session_id": format!("stt-{index}")}),
-                )
-                .await;
             }
             "input_audio" => {
                 if !created {
@@ -459,6 +439,44 @@ async fn serve_stt(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
     }
 }
 
+/// Ends a `session.create` check: a second one is a problem too. With no
+/// problem the session is created (`true`); otherwise the connection gets a
+/// 400 `error` event and must end (`false`).
+async fn open_session(
+    ws: &mut Ws,
+    state: &Mutex<State>,
+    index: usize,
+    created: &mut bool,
+    v: &Value,
+    mut bad: Vec<String>,
+    kind: &str,
+) -> bool {
+    if *created {
+        bad.push("second session.create".into());
+    }
+    *created = true;
+    state.lock().unwrap().conns[index].session_create = Some(v.clone());
+    if !bad.is_empty() {
+        let msg = bad.join("; ");
+        problem(state, index, msg.clone());
+        let _ = strike(
+            ws,
+            &Fault::Error {
+                code: 400,
+                message: msg,
+            },
+        )
+        .await;
+        return false;
+    }
+    let _ = send(
+        ws,
+        json!({"type": "session.created", "session_id": format!("{kind}-{index}")}),
+    )
+    .await;
+    true
+}
+
 async fn send(ws: &mut Ws, v: Value) -> Result<(), ()> {
     ws.send(Message::Text(v.to_string().into()))
         .await
@@ -490,29 +508,9 @@ async fn serve_tts(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
                 if v["encoding"] != "pcm_s16le" {
                     bad.push(format!("encoding {}", v["encoding"]));
                 }
-                if created {
-                    bad.push("second session.create".into());
-                }
-                created = true;
-                state.lock().unwrap().conns[index].session_create = Some(v.clone());
-                if !bad.is_empty() {
-                    let msg = bad.join("; ");
-                    problem(&state, index, msg.clone());
-                    let _ = strike(
-                        &mut ws,
-                        &Fault::Error {
-                            code: 400,
-                            message: msg,
-                        },
-                    )
-                    .await;
+                if !open_session(&mut ws, &state, index, &mut created, &v, bad, "tts").await {
                     return;
                 }
-                let _ = send(
-                    &mut ws,
-                    json!({"type": "session.created", "session_id": format!("tts-{index}")}),
-                )
-                .await;
             }
             "input_transcript" => {
                 if !created {
