@@ -340,6 +340,45 @@ fn is_glitch(e: &cpal::Error, xruns: &AtomicU64, backend_errors: &AtomicU64) -> 
     }
 }
 
+/// Builds a stream with `build` (falling back to the backend's own period
+/// when a fixed one is refused) and starts it.
+fn start<T>(
+    direction: Direction,
+    dev_name: String,
+    config: StreamConfig,
+    format: SampleFormat,
+    fixed: bool,
+    build: impl Fn(StreamConfig) -> Result<(cpal::Stream, T), cpal::Error>,
+) -> Result<(OpenStream, T), ConsoleError> {
+    let what = match direction {
+        Direction::Input => "input",
+        Direction::Output => "output",
+    };
+    let (stream, ends) = match build(config) {
+        Ok(s) => s,
+        // Some backends refuse a fixed period they advertised: take theirs.
+        Err(_) if fixed => build(StreamConfig {
+            buffer_size: cpal::BufferSize::Default,
+            ..config
+        })
+        .map_err(|e| device_error(what, &dev_name, e))?,
+        Err(e) => return Err(device_error(what, &dev_name, e)),
+    };
+    stream
+        .play()
+        .map_err(|e| device_error(what, &dev_name, e))?;
+    Ok((
+        OpenStream {
+            stream,
+            name: dev_name,
+            sample_rate: config.sample_rate,
+            channels: config.channels,
+            format,
+        },
+        ends,
+    ))
+}
+
 /// Errors a running stream reports; the console stops on the first.
 pub type StreamErrors = mpsc::Sender<String>;
 
@@ -370,29 +409,7 @@ pub fn open_input(
         }?;
         Ok((stream, consumer))
     };
-    let (stream, consumer) = match build(config) {
-        Ok(s) => s,
-        // Some backends refuse a fixed period they advertised: take theirs.
-        Err(_) if fixed => build(StreamConfig {
-            buffer_size: cpal::BufferSize::Default,
-            ..config
-        })
-        .map_err(|e| device_error("input", &dev_name, e))?,
-        Err(e) => return Err(device_error("input", &dev_name, e)),
-    };
-    stream
-        .play()
-        .map_err(|e| device_error("input", &dev_name, e))?;
-    Ok((
-        OpenStream {
-            stream,
-            name: dev_name,
-            sample_rate: config.sample_rate,
-            channels: config.channels,
-            format,
-        },
-        consumer,
-    ))
+    start(Direction::Input, dev_name, config, format, fixed, build)
 }
 
 fn input_stream<T>(
@@ -498,28 +515,7 @@ pub fn open_output(
         }?;
         Ok((stream, OutputRings { to_play, played }))
     };
-    let (stream, rings) = match build(config) {
-        Ok(s) => s,
-        Err(_) if fixed => build(StreamConfig {
-            buffer_size: cpal::BufferSize::Default,
-            ..config
-        })
-        .map_err(|e| device_error("output", &dev_name, e))?,
-        Err(e) => return Err(device_error("output", &dev_name, e)),
-    };
-    stream
-        .play()
-        .map_err(|e| device_error("output", &dev_name, e))?;
-    Ok((
-        OpenStream {
-            stream,
-            name: dev_name,
-            sample_rate: config.sample_rate,
-            channels: config.channels,
-            format,
-        },
-        rings,
-    ))
+    start(Direction::Output, dev_name, config, format, fixed, build)
 }
 
 /// Writes `value` into slot `at` of a chunk; returns how many slots were
