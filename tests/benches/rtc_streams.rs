@@ -25,19 +25,25 @@
 //!   per stream and the p99 of |inter-arrival interval − 20 ms|.
 //!
 //! Figures and their caveats: the crate docs of `rtc`, "Cost per stream". Output of
-//! a run on the shared 2-core machine while it was otherwise quiet:
+//! a run on the shared 2-core machine while it was otherwise quiet (published tracks
+//! CELT only, the default):
 //!
 //! ```text
-//! streams  10 (opus complexity 3, peers' 0; load average 3.27 4.30 5.05 → 2.77 4.16 5.00; machine 50 % of 200 %: ours 16 %, peers 13 %, server 11 %)
-//!   cpu 1.64 % of a core per stream, memory 1.14 MB per stream (11.4 MB total)
-//!   sent: 50.00 frames/s per stream (mean interval 20.00 ms), interval jitter p99 1.25 ms max 1.75 ms, lateness behind the grid p50 1.25 p99 2.25 max 3.50 ms, 0 slots skipped
-//!   received by the peers: 49.99 frames/s per stream, inter-arrival jitter p99 1.25 ms max 2.25 ms (0 of them receiving nothing)
-//!   received by us: 49.99 frames/s per stream, inter-arrival jitter p99 1.50 ms (0 of us receiving nothing)
-//! streams  50 (opus complexity 3, peers' 0; load average 3.17 4.15 4.98 → 3.24 4.13 4.96; machine 152 % of 200 %: ours 69 %, peers 56 %, server 35 %)
-//!   cpu 1.37 % of a core per stream, memory 1.06 MB per stream (52.9 MB total)
-//!   sent: 50.01 frames/s per stream (mean interval 20.00 ms), interval jitter p99 3.50 ms max 16.00 ms, lateness behind the grid p50 1.50 p99 4.00 max 16.50 ms, 0 slots skipped
-//!   received by the peers: 50.00 frames/s per stream, inter-arrival jitter p99 5.75 ms max 27.00 ms (0 of them receiving nothing)
-//!   received by us: 50.00 frames/s per stream, inter-arrival jitter p99 5.50 ms (0 of us receiving nothing)
+//! streams   1 (opus complexity 3, peers' 0; load average 1.52 0.94 1.04 → 1.29 0.91 1.02; machine 1 % of 200 %: ours 2 %, peers 2 %, server 2 %)
+//!   cpu 1.90 % of a core per stream, memory 7.30 MB per stream (7.3 MB total)
+//!   sent: 49.99 frames/s per stream (mean interval 20.00 ms), interval jitter p99 1.00 ms max 1.25 ms, lateness behind the grid p50 1.50 p99 2.00 max 2.00 ms, 0 slots skipped
+//!   received by the peers: 49.99 frames/s per stream, inter-arrival jitter p99 1.00 ms max 1.00 ms (0 of them receiving nothing)
+//!   received by us: 49.99 frames/s per stream, inter-arrival jitter p99 1.00 ms (0 of us receiving nothing)
+//! streams  10 (opus complexity 3, peers' 0; load average 1.18 0.89 1.02 → 1.00 0.86 1.01; machine 23 % of 200 %: ours 11 %, peers 10 %, server 12 %)
+//!   cpu 1.11 % of a core per stream, memory 1.12 MB per stream (11.2 MB total)
+//!   sent: 50.01 frames/s per stream (mean interval 20.00 ms), interval jitter p99 1.25 ms max 1.50 ms, lateness behind the grid p50 1.25 p99 2.25 max 2.50 ms, 0 slots skipped
+//!   received by the peers: 50.02 frames/s per stream, inter-arrival jitter p99 1.25 ms max 4.00 ms (0 of them receiving nothing)
+//!   received by us: 50.01 frames/s per stream, inter-arrival jitter p99 1.50 ms (0 of us receiving nothing)
+//! streams  50 (opus complexity 3, peers' 0; load average 1.48 0.97 1.04 → 1.79 1.05 1.06; machine 116 % of 200 %: ours 43 %, peers 40 %, server 38 %)
+//!   cpu 0.87 % of a core per stream, memory 1.07 MB per stream (53.4 MB total)
+//!   sent: 50.01 frames/s per stream (mean interval 20.00 ms), interval jitter p99 1.50 ms max 4.25 ms, lateness behind the grid p50 1.25 p99 2.50 max 4.75 ms, 0 slots skipped
+//!   received by the peers: 50.01 frames/s per stream, inter-arrival jitter p99 2.00 ms max 5.75 ms (0 of them receiving nothing)
+//!   received by us: 50.01 frames/s per stream, inter-arrival jitter p99 2.00 ms (0 of us receiving nothing)
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};

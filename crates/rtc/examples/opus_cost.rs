@@ -1,5 +1,6 @@
-//! What Opus costs per 20 ms frame, and what it keeps, at each encoder complexity and
-//! bitrate: the figures behind `ConnectOptions::opus_complexity`'s default.
+//! What Opus costs per 20 ms frame, and what it keeps, in each application (VoIP and
+//! CELT-only low delay), encoder complexity and bitrate: the figures behind
+//! `ConnectOptions::opus_application` and `opus_complexity`'s defaults.
 //!
 //! ```text
 //! espeak-ng -w /tmp/speech.wav "…some sentences…"
@@ -8,8 +9,8 @@
 //! ```
 //!
 //! Input: raw mono s16le PCM at 48 kHz (without a file, a synthetic gliding tone with
-//! noise). The encoder is set up the way published tracks are (VoIP, voice signal,
-//! in-band FEC). For every setting it prints the encode and decode times per frame
+//! noise). The encoder is set up the way published tracks are (voice signal; in-band
+//! FEC in VoIP mode). For every setting it prints the encode and decode times per frame
 //! (the best of five passes over the whole input, so other load on the machine
 //! inflates them least),
 //! the bitrate produced, and the waveform SNR and segmental SNR of the decoded audio
@@ -30,19 +31,20 @@ const FRAME: usize = RATE / 50;
 struct Enc(*mut ffi::OpusEncoder);
 
 impl Enc {
-    fn new(complexity: i32, bitrate: i32) -> R<Self> {
+    fn new(application: i32, complexity: i32, bitrate: i32) -> R<Self> {
         let mut err: c_int = 0;
         // SAFETY: plain constructor with a valid out-pointer.
-        let st = unsafe {
-            ffi::opus_encoder_create(RATE as i32, 1, ffi::OPUS_APPLICATION_VOIP, &mut err)
-        };
+        let st = unsafe { ffi::opus_encoder_create(RATE as i32, 1, application, &mut err) };
         if err < 0 || st.is_null() {
             return Err(format!("opus_encoder_create: {err}").into());
         }
         let enc = Enc(st);
         for (req, val) in [
             (ffi::OPUS_SET_COMPLEXITY_REQUEST, complexity),
-            (ffi::OPUS_SET_INBAND_FEC_REQUEST, 1),
+            (
+                ffi::OPUS_SET_INBAND_FEC_REQUEST,
+                i32::from(application == ffi::OPUS_APPLICATION_VOIP),
+            ),
             (ffi::OPUS_SET_SIGNAL_REQUEST, ffi::OPUS_SIGNAL_VOICE),
             (ffi::OPUS_SET_BITRATE_REQUEST, bitrate),
         ] {
@@ -141,53 +143,59 @@ fn main() -> R {
         frames.len()
     );
     let mut out = vec![0u8; 1500];
-    for bitrate in [ffi::OPUS_AUTO, 32_000, 24_000] {
-        for complexity in [0, 1, 3, 5, 7, 10] {
-            let mut best = f64::MAX;
-            let mut best_decode = f64::MAX;
-            let mut bytes = 0usize;
-            let mut decoded = Vec::with_capacity(pcm.len());
-            let mut lookahead = 0;
-            for pass in 0..5 {
-                let mut enc = Enc::new(complexity, bitrate)?;
-                lookahead = enc.lookahead()?;
-                let mut packets = Vec::with_capacity(frames.len());
-                let t = Instant::now();
-                for f in &frames {
-                    let n = enc.encode(f, &mut out)?;
-                    packets.push(out[..n].to_vec());
-                }
-                let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
-                best = best.min(us);
-                let mut dec = opus::Decoder::new(RATE as u32, opus::Channels::Mono)?;
-                let mut buf = vec![0i16; FRAME * 6];
-                let t = Instant::now();
-                for p in &packets {
-                    let n = dec.decode(p, &mut buf, false)?;
+    let applications = [
+        (ffi::OPUS_APPLICATION_VOIP, "voip"),
+        (ffi::OPUS_APPLICATION_RESTRICTED_LOWDELAY, "low delay"),
+    ];
+    for (application, app_label) in applications {
+        for bitrate in [ffi::OPUS_AUTO, 32_000, 24_000] {
+            for complexity in [0, 1, 3, 5, 7, 10] {
+                let mut best = f64::MAX;
+                let mut best_decode = f64::MAX;
+                let mut bytes = 0usize;
+                let mut decoded = Vec::with_capacity(pcm.len());
+                let mut lookahead = 0;
+                for pass in 0..5 {
+                    let mut enc = Enc::new(application, complexity, bitrate)?;
+                    lookahead = enc.lookahead()?;
+                    let mut packets = Vec::with_capacity(frames.len());
+                    let t = Instant::now();
+                    for f in &frames {
+                        let n = enc.encode(f, &mut out)?;
+                        packets.push(out[..n].to_vec());
+                    }
+                    let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
+                    best = best.min(us);
+                    let mut dec = opus::Decoder::new(RATE as u32, opus::Channels::Mono)?;
+                    let mut buf = vec![0i16; FRAME * 6];
+                    let t = Instant::now();
+                    for p in &packets {
+                        let n = dec.decode(p, &mut buf, false)?;
+                        if pass == 0 {
+                            decoded.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
+                    best_decode = best_decode.min(us);
                     if pass == 0 {
-                        decoded.extend_from_slice(&buf[..n]);
+                        bytes = packets.iter().map(Vec::len).sum();
                     }
                 }
-                let us = t.elapsed().as_secs_f64() * 1e6 / frames.len() as f64;
-                best_decode = best_decode.min(us);
-                if pass == 0 {
-                    bytes = packets.iter().map(Vec::len).sum();
-                }
+                let kbps = bytes as f64 * 8.0 / (frames.len() as f64 * 0.02) / 1000.0;
+                // The decoder's output lags the input by the encoder's look-ahead; check the
+                // neighbourhood too, and keep the best alignment.
+                let (snr, seg) = (lookahead.saturating_sub(48)..lookahead + 48)
+                    .map(|lag| snr(&pcm, decoded.get(lag..).unwrap_or(&[])))
+                    .fold((f64::MIN, f64::MIN), |a, b| if b.0 > a.0 { b } else { a });
+                let label = if bitrate == ffi::OPUS_AUTO {
+                    "auto".to_string()
+                } else {
+                    format!("{}k", bitrate / 1000)
+                };
+                println!(
+                    "{app_label:>9} bitrate {label:>4} complexity {complexity:>2}: encode {best:6.1} µs, decode {best_decode:5.1} µs, {kbps:5.1} kbit/s, SNR {snr:5.2} dB, segSNR {seg:5.2} dB"
+                );
             }
-            let kbps = bytes as f64 * 8.0 / (frames.len() as f64 * 0.02) / 1000.0;
-            // The decoder's output lags the input by the encoder's look-ahead; check the
-            // neighbourhood too, and keep the best alignment.
-            let (snr, seg) = (lookahead.saturating_sub(48)..lookahead + 48)
-                .map(|lag| snr(&pcm, decoded.get(lag..).unwrap_or(&[])))
-                .fold((f64::MIN, f64::MIN), |a, b| if b.0 > a.0 { b } else { a });
-            let label = if bitrate == ffi::OPUS_AUTO {
-                "auto".to_string()
-            } else {
-                format!("{}k", bitrate / 1000)
-            };
-            println!(
-                "bitrate {label:>4} complexity {complexity:>2}: encode {best:6.1} µs, decode {best_decode:5.1} µs, {kbps:5.1} kbit/s, SNR {snr:5.2} dB, segSNR {seg:5.2} dB"
-            );
         }
     }
     Ok(())

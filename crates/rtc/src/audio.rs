@@ -34,6 +34,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc_core::media::Sample;
 
 use crate::RtcError;
+use crate::opus_enc::OpusApplication;
 use crate::pacer::{AtomicHistogram, CadenceHistogram, Schedule};
 
 /// Sample rates Opus encodes from and decodes to natively.
@@ -223,25 +224,27 @@ const QUEUE_FRAMES: usize = 5;
 /// the handle and aborts it on close.
 pub(crate) fn spawn_local_track(
     complexity: i32,
+    application: OpusApplication,
     sid: String,
     name: String,
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, JoinHandle<()>), RtcError> {
-    let (track, pacer) = new_local_track(complexity, sid, name, sample_rate, sink)?;
+    let (track, pacer) = new_local_track(complexity, application, sid, name, sample_rate, sink)?;
     let handle = tokio::spawn(pacer.run());
     Ok((track, handle))
 }
 
 fn new_local_track(
     complexity: i32,
+    application: OpusApplication,
     sid: String,
     name: String,
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, Pacer), RtcError> {
     check_rate(sample_rate)?;
-    let encoder = crate::opus_enc::Encoder::new(sample_rate, complexity)?;
+    let encoder = crate::opus_enc::Encoder::new(sample_rate, complexity, application)?;
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let track = LocalAudioTrack {
         tx,
@@ -635,8 +638,15 @@ mod tests {
     /// A pacer with no RTP sink, its frames reported on a probe; not yet started.
     fn probed() -> (LocalAudioTrack, Pacer, mpsc::Receiver<Sent>) {
         let (_sink_tx, sink_rx) = watch::channel(None);
-        let (track, mut pacer) =
-            new_local_track(5, "TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
+        let (track, mut pacer) = new_local_track(
+            5,
+            OpusApplication::Voip,
+            "TR_x".into(),
+            "t".into(),
+            48_000,
+            sink_rx,
+        )
+        .unwrap();
         let (tx, rx) = mpsc::channel(10_000);
         pacer.probe = Some(tx);
         (track, pacer, rx)

@@ -959,6 +959,7 @@ impl Engine {
                 let (sink_tx, sink_rx) = watch::channel(None);
                 match audio::spawn_local_track(
                     self.options.opus_complexity,
+                    self.options.opus_application,
                     info.sid.clone(),
                     pending.name.clone(),
                     pending.sample_rate,

@@ -100,15 +100,18 @@
 //! pure-Rust `opus-rs`: it is what every LiveKit client uses, so interoperability is
 //! not in question, and it is the fastest implementation available. Measured on the
 //! project's 2-core machine with `cargo run --release -p rtc@0.1.0 --example
-//! opus_cost` (espeak-ng speech, 20 ms mono frames at 48 kHz, automatic bitrate
-//! ≈ 47 kbit/s, best of 5 passes): encoding costs 79 µs at complexity 0, 130 µs at 3,
-//! 169 µs at 5, 238 µs at 7 and 307 µs at libopus's default 10; decoding to 48 kHz
-//! 36–39 µs. The decoded waveform's SNR against the input is 11.33, 11.52, 11.70,
-//! 11.76 and 11.79 dB respectively (segmental 8.73, 8.89, 9.11, 9.16, 9.18 dB). The
-//! encoder is the largest single cost of a stream, so published tracks use complexity
-//! 3 ([`ConnectOptions::opus_complexity`]): a quarter less encoder CPU than 5 (what
-//! libwebrtc uses on mobile) for 0.2 dB. It is set through a small wrapper over
-//! libopus's C API because the `opus` crate does not expose it.
+//! opus_cost` (espeak-ng speech, 20 ms mono frames at 48 kHz, best of 5 passes; the
+//! table is in `opus_enc.rs`): in VoIP mode (SILK or hybrid, what libwebrtc uses for
+//! speech) encoding costs 79 µs at complexity 0, 130 µs at 3 and 303 µs at libopus's
+//! default 10, decoding 36–39 µs; CELT only ([`OpusApplication::LowDelay`]) costs
+//! 23 µs at 0, 39 µs at 3 and 84 µs at 10, decoding 21–26 µs, at about the same
+//! bitrate (51 kbit/s) and with a waveform closer to the input. Published tracks
+//! are CELT only at complexity 3 ([`ConnectOptions::opus_application`],
+//! [`ConnectOptions::opus_complexity`]): the encoder is a stream's largest single
+//! cost, and this cuts it to a third, with 4 ms less codec delay; the price is
+//! SILK's in-band FEC (a lost packet is recovered by NACK instead), so `Voip` stays
+//! available for lossy links. Both are set through a small wrapper over libopus's C
+//! API because the `opus` crate exposes neither.
 //!
 //! ## Pacing
 //!
@@ -137,27 +140,24 @@
 //!
 //! | streams | CPU per stream (% of one core) | memory per stream | sent | jitter p99 at sender / receivers |
 //! |---|---|---|---|---|
-//! | 1, quiet (load 4.0→3.7, decaying) | 2.00 % (mostly the process's fixed cost) | 7.2 MB (one-time setup) | 50.0 frames/s | 1.0 ms / 1.0 ms |
-//! | 10, quiet (load < 1–3) | 1.64 %, 1.71 % (1.72 % at complexity 5, 1.45 % at 1) | 1.1–1.8 MB | 50.0 frames/s | 1.3 ms / 1.3 ms |
-//! | 50, quiet (the bench alone keeps the machine 152 % busy) | 1.37 % | 1.1 MB | 50.0 frames/s, none skipped | 3.5 ms / 5.8 ms |
-//! | 10, loaded (load 3.5–6) | 1.54–1.65 % (1.77–1.94 % at complexity 5, 1.37 % at 1) | 1.1–1.8 MB | 50.0 frames/s | 1.8–20 ms / 2.3–20 ms |
-//! | 50, loaded (load 8.2, machine 194 % busy) | 1.00 %, understated: 20 % of slots skipped | 1.1 MB | 39.8 frames/s | > 100 ms / > 100 ms |
-//! | 50, loaded, bench at `nice -10` (load 6.3) | 1.37 % | 1.3 MB | 50.0 frames/s, none skipped | 2.8 ms / 3.8 ms |
+//! | 1, quiet | 1.70 %, 1.90 % (the wake-ups of an idle process: see below) | 7.3 MB (one-time setup) | 50.0 frames/s | 1.0 ms / 1.0 ms |
+//! | 10, quiet | 1.11 %, 1.16 %, 1.17 % | 1.1–1.8 MB | 50.0 frames/s | 1.3 ms / 1.3–1.5 ms |
+//! | 50, quiet (the bench alone keeps the machine 116 % busy) | 0.87 % | 1.1 MB | 50.0 frames/s, none skipped | 1.5 ms / 2.0 ms |
 //!
-//! Memory meets the 2 MB target. The send cadence meets the 5 ms target at 50 streams
-//! whenever the process gets the CPU it needs (quiet, or prioritised); at 50 streams
-//! the bench alone needs ~1.6 of the 2 cores (our process 0.7, the far ends 0.55, the
-//! SFU 0.35), so when other builds also run, the process is starved for tens of
-//! milliseconds at a time, its pacers fall more than 60 ms behind and skip. The
-//! receivers' jitter includes the SFU and the far ends' own scheduling on the same
-//! 2 cores (5.8 ms p99 at 50, quiet). CPU per stream meets 1.5 % at 50 streams but
-//! not at 10 (1.64 % quiet: Opus ~0.85 % of it, the rest webrtc-rs's SRTP, RTCP and
-//! UDP and the tasks' wake-ups, about half of it on the receiving side) nor at 1,
-//! where the process's fixed cost dominates. Complexity 1 (`opus_complexity: 1`)
-//! brings 10 streams to ~1.4 % for a further 0.2 dB.
+//! With CELT-only encoding; the same runs in VoIP mode at complexity 3 gave 1.64–1.73 %
+//! at 10 streams and 1.37 % at 50 (1.44–1.50 % at 10 with complexity 1, 1.41 % with
+//! 0). Per packet, what remains is webrtc-rs's SRTP, RTCP, UDP and the tasks'
+//! wake-ups, and the decoder. A lone stream costs more per stream because every
+//! packet wakes an idle runtime thread (epoll, futex); with more streams, one wake
+//! serves several packets. All rooms received in every run.
 //!
-//! A second quiet run confirmed the cadence at 50 streams: 50.0 frames/s, jitter p99
-//! 2.0 ms at the sender and 3.3 ms at the receivers, no slot skipped.
+//! Memory meets the 2 MB target, and CPU the 1.5 % target at 10 and 50 streams. The
+//! send cadence meets the 5 ms target at 50 streams whenever the process gets the CPU
+//! it needs. On a machine loaded by other builds (earlier runs, VoIP mode), 50
+//! streams skipped 20 % of their slots: the bench alone then needed ~1.6 of the 2
+//! cores and the process was starved for tens of milliseconds at a time, so its
+//! pacers fell more than 60 ms behind; at `nice -10` none were skipped (jitter
+//! 2.8 ms / 3.8 ms).
 //!
 //! Until the fix below, the bench intermittently showed rooms (0–3 of 10, 0–22 of
 //! 50, once the single room of a 1-stream run) where one side never received the
@@ -166,11 +166,8 @@
 //! MID header extension on audio the SFU could not place the SSRC and dropped that
 //! stream for good. A published track's sink is now held until the server has
 //! answered the offer that carries it. After the fix: 0 of 10 and 0 of 50 rooms
-//! receiving nothing (one run each, on a busy machine). The figures in the table
-//! above predate the fix, and the runs with such rooms understate CPU per stream
-//! (a stream that receives nothing costs ~0.5 % less): the first quiet run (1.64 %,
-//! 1.37 %) had none. Memory per stream at 10 varies between runs (1.1 or 1.8 MB),
-//! with the allocator's per-thread arenas.
+//! receiving nothing, in every run since. Memory per stream at 10 varies between
+//! runs (1.1 or 1.8 MB), with the allocator's per-thread arenas.
 //!
 //! ## Logging
 //!
@@ -188,7 +185,7 @@
 //! | `data.rs` | data packets, text-stream chunking and reassembly (pure) |
 //! | `backoff.rs` | the reconnect schedule (pure) |
 //! | `msid.rs` | mapping a media stream to participant and track (pure) |
-//! | `opus_enc.rs` | the Opus encoder (libopus C API, for the complexity setting) |
+//! | `opus_enc.rs` | the Opus encoder (libopus C API, for complexity and CELT-only mode) |
 //! | `pacer.rs` | the pacer's 20 ms grid and cadence histograms (pure) |
 //! | `error.rs` | [`RtcError`] |
 
@@ -211,5 +208,6 @@ pub use backoff::{ReconnectKind, ReconnectPolicy};
 pub use data::TextStream;
 pub use error::RtcError;
 pub use msid::parse_msid;
+pub use opus_enc::OpusApplication;
 pub use pacer::{CADENCE_BUCKET, CadenceHistogram};
 pub use room::{ConnectOptions, DataKind, DisconnectReason, Participant, Room, RoomEvent, connect};

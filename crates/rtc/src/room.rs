@@ -14,6 +14,7 @@ use crate::RtcError;
 use crate::audio::{LocalAudioTrack, RemoteAudioTrack};
 use crate::backoff::ReconnectPolicy;
 use crate::data::TextStream;
+use crate::opus_enc::OpusApplication;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct ConnectOptions {
     /// see the crate docs' "Opus" section). The encoder is the largest cost of a
     /// stream; see `tests/benches/rtc_streams.rs`.
     pub opus_complexity: i32,
+    /// Opus coding mode of published tracks: CELT only by default (cheapest, lowest
+    /// delay); VoIP for SILK's in-band FEC on lossy links.
+    pub opus_application: OpusApplication,
 }
 
 impl Default for ConnectOptions {
@@ -47,6 +51,7 @@ impl Default for ConnectOptions {
             reconnect: ReconnectPolicy::default(),
             event_capacity: 256,
             opus_complexity: crate::opus_enc::DEFAULT_COMPLEXITY,
+            opus_application: OpusApplication::default(),
         }
     }
 }
