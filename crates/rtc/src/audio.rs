@@ -6,13 +6,24 @@
 //! one pacer task per track takes 20 ms per slot of a fixed 20 ms grid (see
 //! `pacer.rs`: no drift, short stalls caught up, long ones skipped), encodes it to
 //! Opus and hands it to the RTP sender. [`LocalAudioTrack::clear_queue`] drops
-//! everything queued at once (interruptions). Between utterances the pacer keeps
-//! sending encoded silence, so RTP timestamps follow the wall clock like a
-//! microphone's.
+//! everything queued at once (interruptions). RTP timestamps are the slots' due times
+//! on a 48 kHz clock, so they follow the wall clock like a microphone's. Between
+//! utterances the track goes quiet, as Opus DTX does: after [`HANGOVER_FRAMES`] of
+//! silence (so receivers' decoders fade out on real silence, not concealment) the
+//! pacer sends one silent frame every 400 ms (subscribers that learn of a track from
+//! its packets need them) and sleeps in between; the next talkspurt starts
+//! at once, with the RTP marker bit set and the timestamp jumped over the gap, while
+//! sequence numbers stay contiguous (receivers must not take a pause for loss). An
+//! agent that listens costs 5 % of a talking one to send. `ConnectOptions::dtx = false` sends
+//! silence instead, without a gap.
 //!
 //! Subscribing: [`RemoteAudioTrack::into_stream`] spawns one decoder task that reads
 //! RTP, decodes Opus straight to the caller's sample rate (Opus decodes natively to
 //! 8, 12, 16, 24 and 48 kHz, so no resampler is needed) and conceals short losses.
+//! When the sender goes quiet (DTX: a browser's microphone, or our own tracks), the
+//! stream goes on in silent frames: filled in real time from 60 ms after the last
+//! packet, and on the next packet for whatever part of the gap in RTP time is left,
+//! so a consumer counting frames (a VAD) hears the pause as it happens.
 //! Frames go out on a bounded channel; when the consumer is slower than real time
 //! the newest frames are dropped and counted rather than buffered without bound.
 //!
@@ -24,14 +35,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc_core::media::Sample;
+use webrtc_core::rtp;
 
 use crate::RtcError;
 use crate::opus_enc::OpusApplication;
@@ -77,7 +89,7 @@ fn check_rate(rate: u32) -> Result<(), RtcError> {
 /// full rejoin; `None` while not connected.
 #[derive(Clone)]
 pub(crate) struct RtpSink {
-    pub(crate) track: Arc<TrackLocalStaticSample>,
+    pub(crate) track: Arc<TrackLocalStaticRTP>,
     pub(crate) ssrc: u32,
     pub(crate) payload_type: u8,
 }
@@ -219,32 +231,51 @@ impl LocalAudioTrack {
 /// Frames of look-ahead between `capture_frame` and the pacer.
 const QUEUE_FRAMES: usize = 5;
 
+/// Silent frames sent after the last audio before a track goes quiet (200 ms, as
+/// libopus's DTX waits): receivers' decoders fade out on real silence.
+pub(crate) const HANGOVER_FRAMES: u32 = 10;
+
+/// While quiet, one silent frame this often, as libopus's DTX does: subscribers
+/// that learn of a track from its packets (webrtc-rs, Pion) find it within 400 ms.
+const DTX_KEEPALIVE: Duration = Duration::from_millis(400);
+
+/// The RTP clock of Opus (RFC 7587: always 48 kHz, whatever the input rate).
+const RTP_CLOCK_HZ: u128 = 48_000;
+
+/// How a published track is encoded and sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrackConfig {
+    pub(crate) complexity: i32,
+    pub(crate) application: OpusApplication,
+    /// Go quiet between utterances (see the module docs).
+    pub(crate) dtx: bool,
+}
+
 /// Start the pacer of a new local track. The returned task ends when every
 /// [`LocalAudioTrack`] clone is dropped or `stop` fires; its owner (the engine) keeps
 /// the handle and aborts it on close.
 pub(crate) fn spawn_local_track(
-    complexity: i32,
-    application: OpusApplication,
+    config: TrackConfig,
     sid: String,
     name: String,
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, JoinHandle<()>), RtcError> {
-    let (track, pacer) = new_local_track(complexity, application, sid, name, sample_rate, sink)?;
+    let (track, pacer) = new_local_track(config, sid, name, sample_rate, sink)?;
     let handle = tokio::spawn(pacer.run());
     Ok((track, handle))
 }
 
 fn new_local_track(
-    complexity: i32,
-    application: OpusApplication,
+    config: TrackConfig,
     sid: String,
     name: String,
     sample_rate: u32,
     sink: watch::Receiver<Option<RtpSink>>,
 ) -> Result<(LocalAudioTrack, Pacer), RtcError> {
     check_rate(sample_rate)?;
-    let encoder = crate::opus_enc::Encoder::new(sample_rate, complexity, application)?;
+    let encoder =
+        crate::opus_enc::Encoder::new(sample_rate, config.complexity, config.application)?;
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let track = LocalAudioTrack {
         tx,
@@ -264,7 +295,10 @@ fn new_local_track(
         buf_generation: 0,
         frame_len: sample_rate as usize / 50,
         encoder,
+        dtx: config.dtx,
         sink,
+        sequence: rand::random(),
+        timestamp_base: rand::random(),
         #[cfg(test)]
         probe: None,
     };
@@ -278,8 +312,10 @@ struct Sent {
     slot: u64,
     /// When the frame left, on tokio's (pausable) clock.
     at: tokio::time::Instant,
-    /// RTP duration of the frame: 20 ms, plus any skipped slots.
-    duration: Duration,
+    /// RTP timestamp, sequence number and marker bit.
+    timestamp: u32,
+    sequence: u16,
+    marker: bool,
     had_audio: bool,
     /// The encoded packet.
     packet: Vec<u8>,
@@ -295,7 +331,12 @@ struct Pacer {
     buf_generation: u64,
     frame_len: usize,
     encoder: crate::opus_enc::Encoder,
+    dtx: bool,
     sink: watch::Receiver<Option<RtpSink>>,
+    /// Sequence number of the next packet (random start, RFC 3550).
+    sequence: u16,
+    /// RTP time of the pacer's start (random, RFC 3550).
+    timestamp_base: u32,
     /// Tests watch what leaves here (bounded; frames are not held back when full).
     #[cfg(test)]
     probe: Option<mpsc::Sender<Sent>>,
@@ -303,19 +344,53 @@ struct Pacer {
 
 impl Pacer {
     /// Send one frame per slot of a fixed 20 ms grid ([`Schedule`]) until every
-    /// handle is gone and the queue is drained.
+    /// handle is gone and the queue is drained; with DTX, sleep between utterances.
     ///
-    /// The encoder runs inline: one 20 ms frame costs 0.1–0.25 ms of CPU (see the crate
+    /// The encoder runs inline: one 20 ms frame costs 20–250 µs of CPU (see the crate
     /// docs), once per slot, so each poll of this task is short and bounded. Handing
     /// it to another thread would cost a cross-thread wake per frame, which is more
     /// CPU than it moves.
     async fn run(mut self) {
         let mut pcm = vec![0i16; self.frame_len];
         let mut out = vec![0u8; 1500];
-        let mut schedule = Schedule::new(tokio::time::Instant::now());
+        let origin = tokio::time::Instant::now();
+        let mut schedule = Schedule::new(origin);
         let mut last_sent: Option<tokio::time::Instant> = None;
         let mut closed = false;
+        // Silent frames sent in a row. A track is not quiet until it has sent
+        // HANGOVER_FRAMES to a connected sink: the SFU only learns of a track (and
+        // offers it to subscribers) from its first RTP packets.
+        let mut silent_run = 0;
+        let mut talkspurt = true;
         loop {
+            if self.dtx && silent_run >= HANGOVER_FRAMES {
+                // Quiet: until audio is queued, or the track is bound to a new peer
+                // connection (a rejoin), only a keep-alive frame every 400 ms.
+                tokio::select! {
+                    queued = self.rx.recv() => {
+                        let Some(queued) = queued else {
+                            return;
+                        };
+                        if !self.accept(queued) {
+                            continue;
+                        }
+                        silent_run = 0;
+                        talkspurt = true;
+                    }
+                    changed = self.sink.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        silent_run = 0;
+                        talkspurt = true;
+                    }
+                    () = tokio::time::sleep(DTX_KEEPALIVE) => {}
+                }
+                // A new grid from now (a talkspurt starts without waiting for a slot),
+                // never before the old grid's next slot: RTP time only moves forward.
+                schedule = Schedule::new(tokio::time::Instant::now().max(schedule.next_due()));
+                last_sent = None;
+            }
             let due = schedule.next_due();
             if tokio::time::Instant::now() < due {
                 tokio::time::sleep_until(due).await;
@@ -325,6 +400,11 @@ impl Pacer {
             if closed && !had_audio {
                 return;
             }
+            silent_run = if had_audio {
+                0
+            } else {
+                silent_run.saturating_add(1)
+            };
             let n = match self.encoder.encode(&pcm, &mut out) {
                 Ok(n) => n,
                 Err(e) => {
@@ -332,26 +412,37 @@ impl Pacer {
                     continue;
                 }
             };
-            // Skipped slots are added to this frame's RTP duration, so that the next
-            // frame's timestamp is back on the wall clock (see `pacer`).
-            let slots = u32::try_from(slot.skipped.saturating_add(1)).unwrap_or(u32::MAX);
-            let duration = FRAME_DURATION.saturating_mul(slots);
-            // Not connected (yet, or while rejoining): the frame is paced and dropped.
-            let sink = self.sink.borrow().clone();
+            // RTP time is the slot's due time: skipped slots and quiet gaps show as
+            // a jump in timestamps, not in sequence numbers.
+            let elapsed_us = slot.due.saturating_duration_since(origin).as_micros();
+            let ticks = elapsed_us * RTP_CLOCK_HZ / 1_000_000;
+            let timestamp = self.timestamp_base.wrapping_add(ticks as u32);
+            let sequence = self.sequence;
+            let marker = std::mem::take(&mut talkspurt);
+            // Not connected (yet, or while rejoining): the frame is paced and dropped,
+            // and the track does not go quiet.
+            let sink = self.sink.borrow_and_update().clone();
+            if sink.is_none() {
+                silent_run = 0;
+            }
             if let Some(sink) = sink {
-                let sample = Sample {
-                    data: Bytes::copy_from_slice(&out[..n]),
-                    duration,
-                    ..Sample::new(Instant::now())
+                let packet = rtp::packet::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker,
+                        payload_type: sink.payload_type,
+                        sequence_number: sequence,
+                        timestamp,
+                        ssrc: sink.ssrc,
+                        ..Default::default()
+                    },
+                    payload: Bytes::copy_from_slice(&out[..n]),
                 };
-                if let Err(e) = sink
-                    .track
-                    .write_sample(sink.ssrc, sink.payload_type, &sample, &[])
-                    .await
-                {
+                if let Err(e) = sink.track.write_rtp(packet).await {
                     tracing::trace!(error = %e, "rtp write failed (not connected yet?)");
                 }
             }
+            self.sequence = self.sequence.wrapping_add(1);
             let sent = tokio::time::Instant::now();
             self.record(slot.due, sent, last_sent, slot.skipped, had_audio);
             last_sent = Some(sent);
@@ -360,7 +451,9 @@ impl Pacer {
                 let _ = probe.try_send(Sent {
                     slot: slot.index,
                     at: sent,
-                    duration,
+                    timestamp,
+                    sequence,
+                    marker,
                     had_audio,
                     packet: out[..n].to_vec(),
                 });
@@ -395,9 +488,9 @@ impl Pacer {
         }
     }
 
-    /// Fill `pcm` with the next 20 ms: queued audio, padded with silence. Returns
-    /// whether any queued audio went in. Sets `closed` once every handle is gone.
-    fn fill(&mut self, pcm: &mut [i16], closed: &mut bool) -> bool {
+    /// Empty the buffer if a clear has happened since it was filled; returns the
+    /// current clear-generation.
+    fn drop_cleared(&mut self) -> u64 {
         let generation = self.generation.load(Ordering::Acquire);
         if generation != self.buf_generation {
             self.queued_samples
@@ -405,15 +498,30 @@ impl Pacer {
             self.buf.clear();
             self.buf_generation = generation;
         }
+        generation
+    }
+
+    /// Take a queued frame into the buffer, unless a clear has dropped it since it was
+    /// captured. Returns whether it was kept.
+    fn accept(&mut self, q: Queued) -> bool {
+        let generation = self.drop_cleared();
+        if q.generation != generation {
+            self.queued_samples
+                .fetch_sub(q.samples.len(), Ordering::Relaxed);
+            return false;
+        }
+        self.buf.extend(q.samples);
+        true
+    }
+
+    /// Fill `pcm` with the next 20 ms: queued audio, padded with silence. Returns
+    /// whether any queued audio went in. Sets `closed` once every handle is gone.
+    fn fill(&mut self, pcm: &mut [i16], closed: &mut bool) -> bool {
+        self.drop_cleared();
         while self.buf.len() < self.frame_len {
             match self.rx.try_recv() {
                 Ok(q) => {
-                    if q.generation != generation {
-                        self.queued_samples
-                            .fetch_sub(q.samples.len(), Ordering::Relaxed);
-                        continue;
-                    }
-                    self.buf.extend(q.samples);
+                    self.accept(q);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -526,6 +634,92 @@ impl Drop for AudioStream {
 /// Packets lost in a row that we conceal with Opus PLC; longer gaps are skipped.
 const MAX_CONCEALED: u16 = 5;
 
+/// RTP ticks (48 kHz) in a 20 ms frame.
+const FRAME_TICKS: u32 = 960;
+
+/// How long past the last packet before a quiet sender's silence is filled in: longer
+/// than ordinary network jitter.
+const FILL_GRACE: Duration = Duration::from_millis(60);
+
+/// Silent frames filled in per wake while a sender is quiet (60 ms).
+const FILL_BATCH: u32 = 3;
+
+/// Longest RTP-time gap filled with silence when a packet arrives (1 s); the rest of
+/// a longer pause was filled in real time while it lasted.
+const MAX_GAP_FILL: u32 = 50;
+
+/// What to emit before decoding a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BeforePacket {
+    /// Frames to conceal with Opus PLC (packets lost).
+    conceal: u16,
+    /// Silent frames to insert (a quiet sender's gap in RTP time not yet filled).
+    silence: u32,
+}
+
+/// The timeline of a subscribed stream (pure): detects loss, duplicates and the gaps a
+/// quiet (DTX) sender leaves, so that the decoded PCM keeps pace with the wall clock.
+/// Consumers such as a VAD count time in frames; without the silence of a pause they
+/// would not see the speaker stop until the next packet.
+#[derive(Debug, Default)]
+struct Timeline {
+    last_seq: Option<u16>,
+    /// RTP time the next packet should carry if the sender did not pause.
+    expected_ts: Option<u32>,
+    /// Silent frames filled in since the last packet.
+    filled: u32,
+}
+
+impl Timeline {
+    /// A packet `seq` with RTP time `ts` arrived. `None`: a duplicate or a packet
+    /// older than one already decoded; drop it.
+    fn on_packet(&mut self, seq: u16, ts: u32) -> Option<BeforePacket> {
+        let mut before = BeforePacket {
+            conceal: 0,
+            silence: 0,
+        };
+        if let Some(prev) = self.last_seq {
+            let gap = seq.wrapping_sub(prev);
+            if gap == 0 || gap > u16::MAX / 2 {
+                return None;
+            }
+            let lost = gap - 1;
+            let filled = u16::try_from(self.filled).unwrap_or(u16::MAX);
+            if lost > 0 && lost <= MAX_CONCEALED {
+                before.conceal = lost.saturating_sub(filled);
+            } else if lost == 0
+                && let Some(expected) = self.expected_ts
+            {
+                // Contiguous sequence numbers with a jump in RTP time: the sender was
+                // quiet. Fill what real time has not filled already.
+                let jump = ts.wrapping_sub(expected);
+                if jump < u32::MAX / 2 {
+                    before.silence = (jump / FRAME_TICKS)
+                        .saturating_sub(self.filled)
+                        .min(MAX_GAP_FILL);
+                }
+            }
+        }
+        self.last_seq = Some(seq);
+        self.filled = 0;
+        Some(before)
+    }
+
+    /// The packet at `ts` decoded to `ticks` of RTP time.
+    fn on_decoded(&mut self, ts: u32, ticks: u32) {
+        self.expected_ts = Some(ts.wrapping_add(ticks));
+    }
+
+    /// No packet for a while: silent frames to emit now (none before the first packet).
+    fn on_quiet(&mut self) -> u32 {
+        if self.last_seq.is_none() {
+            return 0;
+        }
+        self.filled = self.filled.saturating_add(FILL_BATCH);
+        FILL_BATCH
+    }
+}
+
 async fn decode_loop(
     track: Arc<dyn TrackRemote>,
     mut decoder: opus::Decoder,
@@ -536,37 +730,56 @@ async fn decode_loop(
     // 120 ms is the longest Opus packet.
     let mut pcm = vec![0i16; sample_rate as usize * 120 / 1000];
     let frame_len = sample_rate as usize / 50;
-    let mut last_seq: Option<u16> = None;
-    while let Some(event) = track.poll().await {
-        let packet = match event {
-            TrackRemoteEvent::OnRtpPacket(p) => p,
-            TrackRemoteEvent::OnEnded => break,
-            _ => continue,
-        };
-        let seq = packet.header.sequence_number;
-        if let Some(prev) = last_seq {
-            let gap = seq.wrapping_sub(prev);
-            if gap == 0 || gap > u16::MAX / 2 {
-                continue; // duplicate or reordered-late packet
-            }
-            let lost = gap - 1;
-            if lost > 0 && lost <= MAX_CONCEALED {
-                for _ in 0..lost {
-                    let n = decoder
-                        .decode(&[], &mut pcm[..frame_len], false)
-                        .unwrap_or(0);
-                    if !emit(&tx, &pcm[..n], sample_rate, &dropped) {
+    let silence = vec![0i16; frame_len];
+    let ticks_per_sample = 48_000 / sample_rate;
+    let mut timeline = Timeline::default();
+    let quiet = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(quiet);
+    loop {
+        let event = tokio::select! {
+            event = track.poll() => event,
+            () = &mut quiet => {
+                for _ in 0..timeline.on_quiet() {
+                    if !emit(&tx, &silence, sample_rate, &dropped) {
                         return;
                     }
                 }
+                let batch = FRAME_DURATION * FILL_BATCH;
+                quiet.as_mut().reset(tokio::time::Instant::now() + batch);
+                continue;
+            }
+        };
+        let packet = match event {
+            Some(TrackRemoteEvent::OnRtpPacket(p)) => p,
+            Some(TrackRemoteEvent::OnEnded) | None => break,
+            Some(_) => continue,
+        };
+        quiet
+            .as_mut()
+            .reset(tokio::time::Instant::now() + FILL_GRACE);
+        let ts = packet.header.timestamp;
+        let Some(before) = timeline.on_packet(packet.header.sequence_number, ts) else {
+            continue;
+        };
+        for _ in 0..before.conceal {
+            let n = decoder
+                .decode(&[], &mut pcm[..frame_len], false)
+                .unwrap_or(0);
+            if !emit(&tx, &pcm[..n], sample_rate, &dropped) {
+                return;
             }
         }
-        last_seq = Some(seq);
+        for _ in 0..before.silence {
+            if !emit(&tx, &silence, sample_rate, &dropped) {
+                return;
+            }
+        }
         if packet.payload.is_empty() {
             continue;
         }
         match decoder.decode(&packet.payload, &mut pcm, false) {
             Ok(n) => {
+                timeline.on_decoded(ts, n as u32 * ticks_per_sample);
                 if !emit(&tx, &pcm[..n], sample_rate, &dropped) {
                     return;
                 }
@@ -635,21 +848,47 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// A pacer with no RTP sink, its frames reported on a probe; not yet started.
+    /// A pacer without DTX and with no RTP sink, its frames reported on a probe; not
+    /// yet started. It sends from the start, silence included.
     fn probed() -> (LocalAudioTrack, Pacer, mpsc::Receiver<Sent>) {
-        let (_sink_tx, sink_rx) = watch::channel(None);
-        let (track, mut pacer) = new_local_track(
-            5,
-            OpusApplication::Voip,
-            "TR_x".into(),
+        let (track, pacer, sent, _sink) = probed_with(false);
+        (track, pacer, sent)
+    }
+
+    /// A pacer whose sink is an unbound track (writes fail quietly, as before a
+    /// connection completes, but the pacer counts as connected). Keep the sender: the
+    /// pacer ends when it is dropped.
+    fn probed_with(
+        dtx: bool,
+    ) -> (
+        LocalAudioTrack,
+        Pacer,
+        mpsc::Receiver<Sent>,
+        watch::Sender<Option<RtpSink>>,
+    ) {
+        let unbound = webrtc_core::media_stream::MediaStreamTrack::new(
+            "s".into(),
             "t".into(),
-            48_000,
-            sink_rx,
-        )
-        .unwrap();
+            "t".into(),
+            webrtc_core::rtp_transceiver::rtp_sender::RtpCodecKind::Audio,
+            vec![],
+        );
+        let sink = RtpSink {
+            track: Arc::new(TrackLocalStaticRTP::new(unbound)),
+            ssrc: 1,
+            payload_type: 111,
+        };
+        let (sink_tx, sink_rx) = watch::channel(Some(sink));
+        let config = TrackConfig {
+            complexity: 5,
+            application: OpusApplication::LowDelay,
+            dtx,
+        };
+        let (track, mut pacer) =
+            new_local_track(config, "TR_x".into(), "t".into(), 48_000, sink_rx).unwrap();
         let (tx, rx) = mpsc::channel(10_000);
         pacer.probe = Some(tx);
-        (track, pacer, rx)
+        (track, pacer, rx, sink_tx)
     }
 
     fn tone(n: usize) -> Vec<i16> {
@@ -663,11 +902,15 @@ mod tests {
         let (track, pacer, mut sent) = probed();
         let t0 = tokio::time::Instant::now();
         let task = tokio::spawn(pacer.run());
-        for n in 0..100u32 {
+        let first = sent.recv().await.unwrap();
+        assert!(first.marker, "the first packet starts a talkspurt");
+        for n in 1..100u32 {
             let f = sent.recv().await.unwrap();
             assert_eq!(f.slot, u64::from(n));
             assert_eq!(f.at - t0, 20 * MS * n, "slot {n}");
-            assert_eq!(f.duration, FRAME_DURATION);
+            assert_eq!(f.timestamp.wrapping_sub(first.timestamp), 960 * n);
+            assert_eq!(f.sequence, first.sequence.wrapping_add(n as u16));
+            assert!(!f.marker);
             assert!(!f.had_audio);
         }
         let s = track.stats();
@@ -687,13 +930,22 @@ mod tests {
         let (track, pacer, mut sent) = probed();
         let t0 = tokio::time::Instant::now();
         let _task = tokio::spawn(pacer.run());
-        assert_eq!(sent.recv().await.unwrap().at, t0);
+        let first = sent.recv().await.unwrap();
+        assert_eq!(first.at, t0);
         // The pacer sleeps until 20 ms; it is woken only at 55 ms.
         tokio::time::advance(55 * MS).await;
         let late: Vec<Sent> = vec![sent.recv().await.unwrap(), sent.recv().await.unwrap()];
         assert_eq!(late.iter().map(|f| f.slot).collect::<Vec<_>>(), [1, 2]);
         assert!(late.iter().all(|f| f.at == t0 + 55 * MS));
-        assert!(late.iter().all(|f| f.duration == FRAME_DURATION));
+        let rtp_times: Vec<u32> = late
+            .iter()
+            .map(|f| f.timestamp.wrapping_sub(first.timestamp))
+            .collect();
+        assert_eq!(
+            rtp_times,
+            [960, 1920],
+            "RTP time of the slots, not of the wake"
+        );
         // Not 75, 95, … (a ticker restarted from the late wake): the grid holds.
         for n in 3..10u32 {
             let f = sent.recv().await.unwrap();
@@ -709,18 +961,19 @@ mod tests {
         let (track, pacer, mut sent) = probed();
         let t0 = tokio::time::Instant::now();
         let _task = tokio::spawn(pacer.run());
-        sent.recv().await.unwrap();
+        let first = sent.recv().await.unwrap();
         tokio::time::advance(1005 * MS).await;
         let f = sent.recv().await.unwrap();
         assert_eq!((f.slot, f.at - t0), (50, 1005 * MS));
         assert_eq!(
-            f.duration,
-            50 * FRAME_DURATION,
-            "49 skipped slots + this one"
+            f.timestamp.wrapping_sub(first.timestamp),
+            50 * 960,
+            "49 skipped slots show in RTP time"
         );
+        assert_eq!(f.sequence, first.sequence.wrapping_add(1), "not as loss");
         let f = sent.recv().await.unwrap();
         assert_eq!((f.slot, f.at - t0), (51, 1020 * MS));
-        assert_eq!(f.duration, FRAME_DURATION);
+        assert_eq!(f.timestamp.wrapping_sub(first.timestamp), 51 * 960);
         assert_eq!(track.stats().slots_skipped, 49);
     }
 
@@ -771,15 +1024,25 @@ mod tests {
         producer.abort();
         let _ = producer.await;
         track.clear_queue();
-        // The very next slot is silence, and so is everything after it (the first
-        // decoded frame still holds the encoder's 6.5 ms look-ahead of the tone).
+        // The very next slot is silence, and so is everything after it. Decoded, the
+        // first frame still holds the encoder's look-ahead of the tone; then CELT's
+        // band energies, predicted from frame to frame, fall about 3 dB a frame from
+        // 25 dB below the tone (rms ~5700) to nothing.
+        let mut last = f64::MAX;
         for i in 0..20 {
             let f = sent.recv().await.unwrap();
             assert!(!f.had_audio);
             let level = rms(&f.packet);
             if i > 0 {
-                assert!(level < 50.0, "frame {i} after the clear: rms {level}");
+                assert!(
+                    level < 400.0 && level <= last,
+                    "frame {i} after the clear: rms {level}"
+                );
             }
+            if i > 8 {
+                assert!(level < 20.0, "frame {i} after the clear: rms {level}");
+            }
+            last = level;
         }
         assert_eq!(track.queued_duration(), Duration::ZERO);
         assert_eq!(track.stats().frames_with_audio, 10);
@@ -805,5 +1068,140 @@ mod tests {
         drop(track);
         tokio::time::sleep(100 * MS).await;
         assert!(task.is_finished(), "pacer stops when the handles are gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dtx_goes_quiet_after_the_hangover_and_resumes_on_the_wall_clock() {
+        let (track, pacer, mut sent, sink) = probed_with(true);
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(pacer.run());
+        let capture = |n: usize| {
+            let track = track.clone();
+            async move {
+                track
+                    .capture_frame(AudioFrame {
+                        data: tone(n),
+                        sample_rate: 48_000,
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        // A new track first sends the hangover's silence (the SFU learns of a track
+        // from its RTP), then a keep-alive frame every 400 ms.
+        for i in 0..HANGOVER_FRAMES {
+            let f = sent.recv().await.unwrap();
+            assert_eq!(f.at - t0, 20 * MS * i);
+            assert!(!f.had_audio);
+        }
+        let hangover_end = t0 + 20 * MS * HANGOVER_FRAMES;
+        for k in 1..=2u32 {
+            let f = sent.recv().await.unwrap();
+            assert_eq!(f.at - hangover_end, 400 * MS * k - 20 * MS);
+            assert!(!f.had_audio && !f.marker);
+        }
+        tokio::time::sleep(100 * MS).await;
+        assert!(sent.try_recv().is_err(), "quiet between keep-alives");
+        // 60 ms of audio: sent at once, then 10 frames of silence, then nothing.
+        let talk_at = tokio::time::Instant::now();
+        capture(3 * 960).await;
+        let mut talk = Vec::new();
+        for _ in 0..3 + HANGOVER_FRAMES {
+            talk.push(sent.recv().await.unwrap());
+        }
+        let first = &talk[0];
+        assert!(first.marker && first.had_audio);
+        assert_eq!(first.at, talk_at, "the talkspurt does not wait for a slot");
+        for (i, f) in talk.iter().enumerate() {
+            assert_eq!(f.at - first.at, 20 * MS * i as u32);
+            assert_eq!(f.sequence, first.sequence.wrapping_add(i as u16));
+            assert_eq!(f.marker, i == 0);
+            assert_eq!(f.had_audio, i < 3, "frame {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(sent.try_recv().is_err(), "quiet after the hangover");
+        // The next talkspurt: marker set, sequence contiguous, RTP time jumped by the
+        // wall-clock gap.
+        let talk_at = tokio::time::Instant::now();
+        capture(960).await;
+        let f = sent.recv().await.unwrap();
+        assert!(f.marker && f.had_audio);
+        assert_eq!(f.at, talk_at);
+        assert_eq!(f.sequence, first.sequence.wrapping_add(13));
+        let ms = (f.at - first.at).as_millis() as u32;
+        assert_eq!(f.timestamp.wrapping_sub(first.timestamp), ms * 48);
+        let frames = track.stats().frames_sent;
+        assert_eq!(frames, u64::from(2 * HANGOVER_FRAMES + 2 + 4));
+        assert_eq!(track.stats().slots_skipped, 0, "a quiet gap is not a stall");
+        for _ in 0..HANGOVER_FRAMES {
+            sent.recv().await.unwrap();
+        }
+        // A new peer connection (a rejoin) hears the track at once, though quiet.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(sent.try_recv().is_err());
+        sink.send_modify(|_| {});
+        let f = sent.recv().await.unwrap();
+        assert!(f.marker && !f.had_audio);
+        drop(track);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            task.is_finished(),
+            "the pacer stops when the handles are gone"
+        );
+    }
+
+    #[test]
+    fn timeline_fills_a_quiet_senders_gap_and_conceals_loss() {
+        let none = BeforePacket {
+            conceal: 0,
+            silence: 0,
+        };
+        let mut t = Timeline::default();
+        assert_eq!(t.on_quiet(), 0, "nothing to fill before the first packet");
+        // Talking: contiguous packets 20 ms apart.
+        assert_eq!(t.on_packet(10, 1000), Some(none));
+        t.on_decoded(1000, 960);
+        assert_eq!(t.on_packet(11, 1960), Some(none));
+        t.on_decoded(1960, 960);
+        // A duplicate and a late packet are dropped.
+        assert_eq!(t.on_packet(11, 1960), None);
+        assert_eq!(t.on_packet(9, 40), None);
+        // Two packets lost: concealed.
+        assert_eq!(
+            t.on_packet(14, 1960 + 3 * 960),
+            Some(BeforePacket {
+                conceal: 2,
+                silence: 0
+            })
+        );
+        t.on_decoded(4840, 960);
+        // The sender goes quiet for 500 ms (next sequence number, RTP time 25 frames
+        // on): 24 frames of silence, less the 2 batches real time already filled.
+        assert_eq!(t.on_quiet(), FILL_BATCH);
+        assert_eq!(t.on_quiet(), FILL_BATCH);
+        assert_eq!(
+            t.on_packet(15, 5800 + 24 * 960),
+            Some(BeforePacket {
+                conceal: 0,
+                silence: 24 - 2 * FILL_BATCH
+            })
+        );
+        t.on_decoded(5800 + 24 * 960, 960);
+        // A pause filled entirely in real time adds nothing on arrival, and a very
+        // long one is capped.
+        for _ in 0..40 {
+            t.on_quiet();
+        }
+        let next = 5800 + 25 * 960;
+        assert_eq!(t.on_packet(16, next + 100 * 960), Some(none));
+        t.on_decoded(next + 100 * 960, 960);
+        let next = next + 101 * 960;
+        assert_eq!(
+            t.on_packet(17, next + 500 * 960),
+            Some(BeforePacket {
+                conceal: 0,
+                silence: MAX_GAP_FILL
+            })
+        );
     }
 }

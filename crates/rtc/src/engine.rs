@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
@@ -958,8 +958,11 @@ impl Engine {
             (Ok(sink), Some(reply)) => {
                 let (sink_tx, sink_rx) = watch::channel(None);
                 match audio::spawn_local_track(
-                    self.options.opus_complexity,
-                    self.options.opus_application,
+                    audio::TrackConfig {
+                        complexity: self.options.opus_complexity,
+                        application: self.options.opus_application,
+                        dtx: self.options.dtx,
+                    },
                     info.sid.clone(),
                     pending.name.clone(),
                     pending.sample_rate,
@@ -1020,7 +1023,7 @@ impl Engine {
                 ..Default::default()
             }],
         );
-        let local = Arc::new(TrackLocalStaticSample::new(Instant::now(), track)?);
+        let local = Arc::new(TrackLocalStaticRTP::new(track));
         s.publisher
             .add_track(local.clone() as Arc<dyn TrackLocal>)
             .await?;

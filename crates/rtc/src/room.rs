@@ -40,6 +40,11 @@ pub struct ConnectOptions {
     /// Opus coding mode of published tracks: CELT only by default (cheapest, lowest
     /// delay); VoIP for SILK's in-band FEC on lossy links.
     pub opus_application: OpusApplication,
+    /// Published tracks go quiet between utterances, like Opus DTX: after 200 ms of
+    /// silence no packets are sent until audio is queued again (on by default: an
+    /// agent that listens then costs nothing to send). Off, silence is encoded and
+    /// sent every 20 ms.
+    pub dtx: bool,
 }
 
 impl Default for ConnectOptions {
@@ -52,6 +57,7 @@ impl Default for ConnectOptions {
             event_capacity: 256,
             opus_complexity: crate::opus_enc::DEFAULT_COMPLEXITY,
             opus_application: OpusApplication::default(),
+            dtx: true,
         }
     }
 }
