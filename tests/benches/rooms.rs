@@ -20,8 +20,14 @@
 //! priority (`nice` 10) unless `USERS_NICE=0`: the worker's figures are then
 //! what it does when it gets the CPU it asks for.
 //!
+//! `USERS=rust` replaces the Python users by this crate's own `rtc` participants,
+//! hosted in the bench process (publishing the same question, decoding the agent's
+//! answer): a Python user costs the machine several times what a session does, so
+//! beyond ~50 rooms the Python users alone would saturate the two cores.
+//!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
+//! `USERS=rust ROOMS=100,200 cargo bench -p e2e-tests --bench rooms`
 
 #[path = "../../crates/speech/tests/gateway/mod.rs"]
 mod gateway;
@@ -78,6 +84,7 @@ async fn run() -> Result<(), HarnessError> {
     let sizes = env_list("ROOMS", "1,10,50");
     let users_nice = env_list("USERS_NICE", "10").first().copied().unwrap_or(10);
     let turns = env_list("TURNS", "3").first().copied().unwrap_or(3);
+    let rust_users = std::env::var("USERS").is_ok_and(|v| v == "rust");
     let bin = voice_agent_bin()?;
     if !bin.to_string_lossy().contains("release") {
         eprintln!("note: measuring a non-release build: {}", bin.display());
@@ -89,17 +96,28 @@ async fn run() -> Result<(), HarnessError> {
     let answer_wav = dir.join("answer.wav");
     espeak(ANSWER, &answer_wav).await?;
     let answer = Arc::new(resample(&read_wav(&answer_wav)?, 24_000).samples);
+    let question48 = Arc::new(resample(&read_wav(&question)?, 48_000).samples);
 
     println!(
-        "rooms bench: {turns} questions per room, {GAP_S} s apart; cloud speech stand-ins; users and server at nice {users_nice}; worker {}",
+        "rooms bench: {turns} questions per room, {GAP_S} s apart; {} users; cloud speech stand-ins; users and server at nice {users_nice}; worker {}",
+        if rust_users { "Rust (rtc)" } else { "Python" },
         bin.display()
     );
+    if rust_users {
+        // The users, the stand-ins and the bench itself share this process.
+        renice(Some(std::process::id()), users_nice).await;
+    }
     println!(
-        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | worker waiting for a CPU % | load avg | RSS idle → peak MB | MB per session | late frames |"
+        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | worker waiting for a CPU % | server / bench process CPU % | load avg | RSS idle → peak MB | MB per session | late frames |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        match one_size(n, turns, users_nice, &dir, &question, answer.clone()).await {
+        let users = if rust_users {
+            Users::Rust(question48.clone())
+        } else {
+            Users::Python(question.clone())
+        };
+        match one_size(n, turns, users_nice, &dir, &users, answer.clone()).await {
             Ok(row) => println!("{row}"),
             Err(e) => println!("| {n} | failed: {e} |"),
         }
@@ -192,6 +210,8 @@ async fn start_worker(
         .stderr(file)
         .kill_on_drop(true)
         .spawn()?;
+    // It inherits this process's priority, lowered when the users live here.
+    renice_to(child.id(), 0).await;
     let started = Instant::now();
     loop {
         if let Ok((200, _)) = http_get(http_port, "/").await {
@@ -239,7 +259,13 @@ fn percentiles(mut v: Vec<f64>) -> String {
 
 /// Lowers a process's priority (best effort: the figures say what was asked).
 async fn renice(pid: Option<u32>, nice: usize) {
-    if let (Some(pid), true) = (pid, nice > 0) {
+    if nice > 0 {
+        renice_to(pid, nice).await;
+    }
+}
+
+async fn renice_to(pid: Option<u32>, nice: usize) {
+    if let Some(pid) = pid {
         let _ = Command::new("renice")
             .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
             .stdout(std::process::Stdio::null())
@@ -248,12 +274,97 @@ async fn renice(pid: Option<u32>, nice: usize) {
     }
 }
 
+/// Who speaks in the rooms.
+enum Users {
+    /// `python/rooms.py` processes, publishing this WAV.
+    Python(std::path::PathBuf),
+    /// `rtc` participants in this process, publishing this 48 kHz PCM.
+    Rust(Arc<Vec<i16>>),
+}
+
+/// One Rust user: joins, waits for the agent, asks `question` `turns` times `GAP_S`
+/// apart (from a random offset within the first gap), and decodes whatever it hears.
+async fn rust_user(
+    url: String,
+    token: String,
+    question: Arc<Vec<i16>>,
+    turns: usize,
+    seed: u64,
+) -> Result<(), HarnessError> {
+    let opts = rtc::ConnectOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..Default::default()
+    };
+    let (room, mut events) = rtc::connect(&url, &token, opts)
+        .await
+        .map_err(|e| err(format!("user connect: {e}")))?;
+    let (agent_tx, agent_rx) = tokio::sync::oneshot::channel();
+    let listener = tokio::spawn(async move {
+        let mut agent_tx = Some(agent_tx);
+        let mut decoders = Vec::new();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                rtc::RoomEvent::ParticipantJoined(p) if p.identity.starts_with("agent-") => {
+                    if let Some(tx) = agent_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                rtc::RoomEvent::TrackSubscribed(t) => {
+                    if let Ok(mut stream) = t.into_stream(16_000) {
+                        decoders.push(tokio::spawn(async move {
+                            while stream.recv().await.is_some() {}
+                        }));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for d in decoders {
+            d.abort();
+        }
+    });
+    let result = async {
+        tokio::time::timeout(Duration::from_secs(60), agent_rx)
+            .await
+            .map_err(|_| err("no agent came"))?
+            .map_err(|_| err("room closed before the agent came"))?;
+        let track = room
+            .publish_audio("mic", 48_000)
+            .await
+            .map_err(|e| err(format!("publish: {e}")))?;
+        // A cheap deterministic spread over the first gap, so rooms do not speak in
+        // lockstep.
+        let offset = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        tokio::time::sleep(Duration::from_secs_f64(1.0 + offset * GAP_S)).await;
+        for _ in 0..turns {
+            let started = Instant::now();
+            for chunk in question.chunks(960) {
+                let frame = rtc::AudioFrame {
+                    data: chunk.to_vec(),
+                    sample_rate: 48_000,
+                };
+                track
+                    .capture_frame(frame)
+                    .await
+                    .map_err(|e| err(format!("capture: {e}")))?;
+            }
+            let next = started + Duration::from_secs_f64(GAP_S);
+            tokio::time::sleep_until(next.into()).await;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = room.close().await;
+    listener.abort();
+    result
+}
+
 async fn one_size(
     n: usize,
     turns: usize,
     users_nice: usize,
     dir: &Path,
-    question: &Path,
+    users_of: &Users,
     answer: Arc<Vec<i16>>,
 ) -> Result<String, HarnessError> {
     let server = LiveKitServer::start().await?;
@@ -268,34 +379,58 @@ async fn one_size(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, rss_idle) = proc_usage(pid).ok_or_else(|| err("no /proc for the worker"))?;
 
-    let question = question.to_str().ok_or_else(|| err("path"))?;
     let duration = 8.0 + GAP_S * (turns as f64 + 1.0);
     let rooms: Vec<String> = (0..n).map(|i| format!("bench-{n}-{i}")).collect();
     let mut users = Vec::new();
-    for chunk in rooms.chunks(ROOMS_PER_PROCESS) {
-        let mut args = vec!["--url".to_owned(), server.url()];
-        for room in chunk {
-            args.push("--join".into());
-            args.push(format!("{room}={}", token(&format!("user-{room}"), room)?));
+    let mut rust_users = Vec::new();
+    match users_of {
+        Users::Python(question) => {
+            let question = question.to_str().ok_or_else(|| err("path"))?;
+            for chunk in rooms.chunks(ROOMS_PER_PROCESS) {
+                let mut args = vec!["--url".to_owned(), server.url()];
+                for room in chunk {
+                    args.push("--join".into());
+                    args.push(format!("{room}={}", token(&format!("user-{room}"), room)?));
+                }
+                args.extend([
+                    "--publish-wav".into(),
+                    question.into(),
+                    "--turns".into(),
+                    turns.to_string(),
+                    "--gap".into(),
+                    GAP_S.to_string(),
+                    "--duration".into(),
+                    duration.to_string(),
+                ]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let user = Human::spawn_script("rooms.py", &args).await?;
+                renice(user.pid(), users_nice).await;
+                users.push(user);
+            }
         }
-        args.extend([
-            "--publish-wav".into(),
-            question.into(),
-            "--turns".into(),
-            turns.to_string(),
-            "--gap".into(),
-            GAP_S.to_string(),
-            "--duration".into(),
-            duration.to_string(),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let user = Human::spawn_script("rooms.py", &args).await?;
-        renice(user.pid(), users_nice).await;
-        users.push(user);
+        Users::Rust(question) => {
+            for (i, room) in rooms.iter().enumerate() {
+                let token = token(&format!("user-{room}"), room)?;
+                rust_users.push(tokio::spawn(rust_user(
+                    server.url(),
+                    token,
+                    question.clone(),
+                    turns,
+                    i as u64 + 1,
+                )));
+                // Joins spread over time, as users arrive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     // Sample the worker while the users talk.
     let (cpu0, _) = proc_usage(pid).ok_or_else(|| err("worker gone"))?;
+    // The rest of the machine: the server, and this process (the stand-ins, and the
+    // users when they are Rust); Python users are in the load average.
+    let server_pid = server.pid().unwrap_or(0);
+    let others = |pid: u32| proc_usage(pid).map_or(0.0, |(cpu, _)| cpu);
+    let (server0, bench0) = (others(server_pid), others(std::process::id()));
     let wait0 = runqueue_wait(pid);
     let load0 = loadavg();
     let t0 = Instant::now();
@@ -312,10 +447,28 @@ async fn one_size(
     }
     let window = t1.duration_since(t0).as_secs_f64().max(1e-3);
     let cpu_pct = (cpu1 - cpu0) / window * 100.0;
+    let server_pct = (others(server_pid) - server0) / window * 100.0;
+    let bench_pct = (others(std::process::id()) - bench0) / window * 100.0;
     let wait_pct = (runqueue_wait(pid) - wait0) / window * 100.0;
     let load1 = loadavg();
     for u in &mut users {
         let _ = u.wait_event("done", Duration::from_secs(60)).await;
+    }
+    let mut user_errors = Vec::new();
+    for u in rust_users {
+        match tokio::time::timeout(Duration::from_secs(60), u).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => user_errors.push(e.to_string()),
+            Ok(Err(e)) => user_errors.push(e.to_string()),
+            Err(_) => user_errors.push("user never finished".into()),
+        }
+    }
+    if !user_errors.is_empty() {
+        eprintln!(
+            "{} of {n} Rust users failed, first: {}",
+            user_errors.len(),
+            user_errors[0]
+        );
     }
     // Sessions end as users leave; their audio pacing is then counted.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -366,7 +519,7 @@ async fn one_size(
         )));
     }
     Ok(format!(
-        "| {n} | {} | {} | {} | {} | {} | {turns_done} of {} | {cpu_pct:.1} | {wait_pct:.1} | {load0:.1} → {load1:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
+        "| {n} | {} | {} | {} | {} | {} | {turns_done} of {} | {cpu_pct:.1} | {wait_pct:.1} | {server_pct:.0} / {bench_pct:.0} | {load0:.1} → {load1:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
         percentiles(dispatch),
         percentiles(eou),
         percentiles(ttft),
