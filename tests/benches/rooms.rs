@@ -25,6 +25,18 @@
 //! answer): a Python user costs the machine several times what a session does, so
 //! beyond ~50 rooms the Python users alone would saturate the two cores.
 //!
+//! A run with `USERS=rust TURNS=3` on the shared 2-core machine, quiet otherwise
+//! (columns abridged; dispatch varied between runs: 81 / 325 ms at 50 in another):
+//!
+//! ```text
+//! rooms  dispatch→track  end to end   turns    worker CPU  waiting  server/bench  RSS/session  late frames
+//!     1   63 / 63 ms      503 / 504   3/3        1.3 %      0.3 %     1 / 1 %     (8.2 MB setup)  0.00 %
+//!    10   61 / 68         503 / 505   30/30      8.7        3.5       8 / 7       2.69 MB         0.00 %
+//!    50  378 / 671        504 / 507   150/150   30.3       16.4      27 / 23      2.14 MB         0.01 %
+//!   100  528 / 1100       504 / 513   300/300   46.4       35.4      38 / 36      2.05 MB         0.00 %
+//!   200 1507 / 3579       511 / 606   637/600   64.6       68.0      44 / 49      2.03 MB         1.47 %
+//! ```
+//!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
 //! `USERS=rust ROOMS=100,200 cargo bench -p e2e-tests --bench rooms`
