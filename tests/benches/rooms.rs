@@ -40,6 +40,8 @@
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
 //! `USERS=rust ROOMS=100,200 cargo bench -p e2e-tests --bench rooms`
+//! (`ROOMS_BENCH_KEEP=1` keeps the worker's logs, with each job's pacing figures;
+//! `ARRIVAL_MS`, default 20, is the time between two Rust users' arrivals)
 
 #[path = "../../crates/speech/tests/gateway/mod.rs"]
 mod gateway;
@@ -134,7 +136,11 @@ async fn run() -> Result<(), HarnessError> {
             Err(e) => println!("| {n} | failed: {e} |"),
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("ROOMS_BENCH_KEEP").is_some() {
+        println!("worker logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 
@@ -222,11 +228,12 @@ async fn start_worker(
         .stderr(file)
         .kill_on_drop(true)
         .spawn()?;
-    // It inherits this process's priority, lowered when the users live here.
-    renice_to(child.id(), 0).await;
     let started = Instant::now();
     loop {
         if let Ok((200, _)) = http_get(http_port, "/").await {
+            // It inherits this process's priority, lowered when the users live
+            // here; by now all its runtime threads exist.
+            renice_to(child.id(), 0).await;
             break;
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -276,10 +283,23 @@ async fn renice(pid: Option<u32>, nice: usize) {
     }
 }
 
+/// Sets every thread of a process to `nice`. On Linux a priority belongs to a thread:
+/// `renice -p PID` changes only the main one, and threads started before keep theirs
+/// (threads started later inherit their creator's).
 async fn renice_to(pid: Option<u32>, nice: usize) {
-    if let Some(pid) = pid {
+    let Some(pid) = pid else {
+        return;
+    };
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for tid in tids {
         let _ = Command::new("renice")
-            .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
+            .args(["-n", &nice.to_string(), "-p", &tid])
             .stdout(std::process::Stdio::null())
             .status()
             .await;
@@ -421,6 +441,9 @@ async fn one_size(
             }
         }
         Users::Rust(question) => {
+            let arrival = Duration::from_millis(
+                env_list("ARRIVAL_MS", "20").first().copied().unwrap_or(20) as u64,
+            );
             for (i, room) in rooms.iter().enumerate() {
                 let token = token(&format!("user-{room}"), room)?;
                 rust_users.push(tokio::spawn(rust_user(
@@ -431,7 +454,7 @@ async fn one_size(
                     i as u64 + 1,
                 )));
                 // Joins spread over time, as users arrive.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(arrival).await;
             }
         }
     }

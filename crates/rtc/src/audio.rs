@@ -111,6 +111,9 @@ pub struct PacerStats {
     pub frames_sent: u64,
     /// Frames that carried queued audio (the rest were silence).
     pub frames_with_audio: u64,
+    /// Of the frames sent, a quiet (DTX) track's keep-alives: not on the cadence, so
+    /// not in the lateness and jitter figures.
+    pub keepalive_frames: u64,
     /// Largest lateness of a frame behind its 20 ms grid slot, microseconds.
     pub max_lateness_us: u64,
     /// Sum of lateness, microseconds (divide by `frames_sent` for the mean).
@@ -128,6 +131,7 @@ pub struct PacerStats {
 struct SharedStats {
     frames_sent: AtomicU64,
     frames_with_audio: AtomicU64,
+    keepalive_frames: AtomicU64,
     max_lateness_us: AtomicU64,
     total_lateness_us: AtomicU64,
     slots_skipped: AtomicU64,
@@ -219,6 +223,7 @@ impl LocalAudioTrack {
         PacerStats {
             frames_sent: self.stats.frames_sent.load(Ordering::Relaxed),
             frames_with_audio: self.stats.frames_with_audio.load(Ordering::Relaxed),
+            keepalive_frames: self.stats.keepalive_frames.load(Ordering::Relaxed),
             max_lateness_us: self.stats.max_lateness_us.load(Ordering::Relaxed),
             total_lateness_us: self.stats.total_lateness_us.load(Ordering::Relaxed),
             slots_skipped: self.stats.slots_skipped.load(Ordering::Relaxed),
@@ -363,6 +368,7 @@ impl Pacer {
         let mut silent_run = 0;
         let mut talkspurt = true;
         loop {
+            let mut keepalive = false;
             if self.dtx && silent_run >= HANGOVER_FRAMES {
                 // Quiet: until audio is queued, or the track is bound to a new peer
                 // connection (a rejoin), only a keep-alive frame every 400 ms.
@@ -384,7 +390,7 @@ impl Pacer {
                         silent_run = 0;
                         talkspurt = true;
                     }
-                    () = tokio::time::sleep(DTX_KEEPALIVE) => {}
+                    () = tokio::time::sleep(DTX_KEEPALIVE) => keepalive = true,
                 }
                 // A new grid from now (a talkspurt starts without waiting for a slot),
                 // never before the old grid's next slot: RTP time only moves forward.
@@ -444,7 +450,13 @@ impl Pacer {
             }
             self.sequence = self.sequence.wrapping_add(1);
             let sent = tokio::time::Instant::now();
-            self.record(slot.due, sent, last_sent, slot.skipped, had_audio);
+            if keepalive {
+                // On a grid of its own, so trivially on time: not a cadence sample.
+                self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                self.stats.keepalive_frames.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.record(slot.due, sent, last_sent, slot.skipped, had_audio);
+            }
             last_sent = Some(sent);
             #[cfg(test)]
             if let Some(probe) = &self.probe {
@@ -1130,8 +1142,10 @@ mod tests {
         assert_eq!(f.sequence, first.sequence.wrapping_add(13));
         let ms = (f.at - first.at).as_millis() as u32;
         assert_eq!(f.timestamp.wrapping_sub(first.timestamp), ms * 48);
-        let frames = track.stats().frames_sent;
-        assert_eq!(frames, u64::from(2 * HANGOVER_FRAMES + 2 + 4));
+        let stats = track.stats();
+        assert_eq!(stats.frames_sent, u64::from(2 * HANGOVER_FRAMES + 2 + 4));
+        assert_eq!(stats.keepalive_frames, 2);
+        assert_eq!(stats.lateness.count(), stats.frames_sent - 2);
         assert_eq!(track.stats().slots_skipped, 0, "a quiet gap is not a stall");
         for _ in 0..HANGOVER_FRAMES {
             sent.recv().await.unwrap();

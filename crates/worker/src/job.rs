@@ -219,7 +219,17 @@ pub async fn run(
             tokio::time::sleep(wait).await;
         }
         drop(output_pump);
-        metrics.audio_sent(&track.stats());
+        let stats = track.stats();
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            job = %job.job_id,
+            frames = stats.frames_sent - stats.keepalive_frames.min(stats.frames_sent),
+            late_p99_ms = ms(stats.lateness.percentile(99.0)),
+            late_max_ms = stats.max_lateness_us as f64 / 1000.0,
+            skipped = stats.slots_skipped,
+            "agent audio paced"
+        );
+        metrics.audio_sent(&stats);
         metrics.session_ended(outcome.is_ok());
         outcome
     }

@@ -131,8 +131,11 @@ impl Metrics {
     /// Adds the pacing record of a session's published track (at its end).
     pub fn audio_sent(&self, stats: &rtc::PacerStats) {
         self.with(|m| {
-            // A skipped slot is a frame that should have left: count it in both.
-            m.audio_frames_total += stats.frames_sent + stats.slots_skipped;
+            // A skipped slot is a frame that should have left: count it in both. A
+            // quiet track's keep-alives are not on the cadence: in neither.
+            m.audio_frames_total += stats.frames_sent
+                - stats.keepalive_frames.min(stats.frames_sent)
+                + stats.slots_skipped;
             m.audio_frames_late_total +=
                 stats.lateness.count_over(LATE_FRAME) + stats.slots_skipped;
         });
@@ -212,7 +215,7 @@ impl Metrics {
         );
         let _ = writeln!(
             o,
-            "# HELP voice_agent_audio_frames_total Agent audio frame slots (20 ms each: sent or skipped), counted when a session ends.\n# TYPE voice_agent_audio_frames_total counter\nvoice_agent_audio_frames_total {}",
+            "# HELP voice_agent_audio_frames_total Agent audio frame slots (20 ms each: sent or skipped; a quiet track's keep-alives not counted), counted when a session ends.\n# TYPE voice_agent_audio_frames_total counter\nvoice_agent_audio_frames_total {}",
             m.audio_frames_total
         );
         let _ = writeln!(
@@ -289,7 +292,8 @@ mod tests {
         });
         m.error("llm", "http \"500\"");
         let mut stats = rtc::PacerStats {
-            frames_sent: 100,
+            frames_sent: 110,
+            keepalive_frames: 10,
             slots_skipped: 1,
             ..Default::default()
         };
