@@ -112,14 +112,23 @@ pub async fn run(
     mut stop: watch::Receiver<Stop>,
     joined: mpsc::Sender<String>,
 ) -> Result<(), JobError> {
+    let started = std::time::Instant::now();
     let (room, mut room_events) =
         rtc::connect(&job.url, &job.token, options.connect.clone()).await?;
+    let connected = started.elapsed();
     let result = async {
         let track = room.publish_audio("agent", factory.output_rate).await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::info!(
+            job = %job.job_id,
+            connect_ms = ms(connected),
+            publish_ms = ms(started.elapsed() - connected),
+            "room joined, track published"
+        );
+        let _ = joined.send(job.job_id.clone()).await;
         let _ = room
             .set_attributes(state_attr(agent::AgentState::Initializing))
             .await;
-        let _ = joined.send(job.job_id.clone()).await;
 
         let stages = factory.stages.clone();
         let (input_tx, input_rx) = mpsc::channel(INPUT_FRAMES);
