@@ -227,7 +227,10 @@ async fn start_worker(
         .env("LIVEKIT_INFERENCE_URL", gw.base_url())
         .env("LIVEKIT_INFERENCE_API_KEY", gateway::KEY)
         .env("LIVEKIT_INFERENCE_API_SECRET", gateway::SECRET)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(file.try_clone()?)
         .stderr(file)
         .kill_on_drop(true)
