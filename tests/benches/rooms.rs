@@ -44,7 +44,8 @@
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
 //! `USERS=rust ROOMS=100,200 cargo bench -p e2e-tests --bench rooms`
-//! (`ROOMS_BENCH_KEEP=1` keeps the worker's logs, with each job's pacing figures;
+//! (`ROOMS_BENCH_KEEP=1` keeps the worker's logs, with each job's connect, publish
+//! and pacing figures; `WORKER_LOG` sets their filter, `info` by default;
 //! `ARRIVAL_MS`, default 20, is the time between two Rust users' arrivals)
 
 #[path = "../../crates/speech/tests/gateway/mod.rs"]

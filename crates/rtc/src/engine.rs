@@ -319,6 +319,21 @@ pub(crate) async fn connect(
     }
 }
 
+/// webrtc-rs 0.21's driver queues the data channels' DCEP OPEN while it handles the
+/// SCTP handshake's completion, but sends it only on its next wake. When the SFU is
+/// the SCTP client, nothing else wakes it until a 200 ms SCTP timer, and the join
+/// waits that long (1 join in 10–20 on loopback). A configuration update with the
+/// same configuration is a no-op driver event: poke it every 10 ms for those 200 ms.
+async fn nudge_driver(pc: Arc<dyn PeerConnection>) {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let config = pc.get_configuration().await;
+        if pc.set_configuration(config).await.is_err() {
+            return;
+        }
+    }
+}
+
 enum Step {
     Cmd(Option<Command>),
     Signal(Result<Box<Resp>, RtcError>),
@@ -1089,6 +1104,14 @@ impl Engine {
                         tracing::debug!(?target, ?state, "peer connection state");
                         if state == RTCPeerConnectionState::Failed {
                             return Some(format!("{target:?} peer connection failed"));
+                        }
+                        if state == RTCPeerConnectionState::Connected
+                            && target == Target::Publisher
+                            && let Some(s) = self.session.as_mut()
+                            && !(s.reliable_open && s.lossy_open)
+                        {
+                            s.tasks
+                                .push(tokio::spawn(nudge_driver(s.publisher.clone())));
                         }
                     }
                     PcEvent::Track(track) => self.on_remote_track(track).await,
