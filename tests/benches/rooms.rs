@@ -30,16 +30,16 @@
 //!
 //! ```text
 //! rooms  dispatch→track  end to end   turns    worker CPU  waiting  server/bench  RSS/session     late frames
-//!     1   27 / 27 ms      503 / 503   3/3        1.0 %      0.2 %     1 / 1 %     (8.2 MB setup)  0.00 %
-//!    10   29 / 207        503 / 504   30/30      5.8        2.1       6 / 4       2.68 MB         0.00 %
-//!    50   40 / 233        503 / 505   150/150   22.3       10.9      19 / 16      2.13 MB         0.00 %
-//!   100  231 / 491        504 / 508   300/300   37.2       18.2      29 / 26      2.06 MB         0.00 %
-//!   200  289 / 1417       513 / 567   600/600   61.6       40.8      40 / 42      2.02 MB         0.05 %
+//!     1   20 / 20 ms      504 / 504   3/3        1.0 %      0.2 %     1 / 1 %     (8.0 MB setup)  0.00 %
+//!    10   24 / 34         503 / 504   30/30      6.0        2.1       6 / 4       2.71 MB         0.00 %
+//!    50   46 / 152        503 / 505   150/150   21.4       10.7      18 / 16      2.14 MB         0.00 %
+//!   100   61 / 251        503 / 507   300/300   36.4       17.2      27 / 26      2.05 MB         0.00 %
+//!   200  175 / 1138       508 / 562   600/600   59.9       39.5      39 / 41      2.02 MB         0.04 %
 //! ```
 //!
 //! Rooms arrive 20 ms apart (50 a second); with `ARRIVAL_MS=100`, 200 rooms gave
-//! 38 / 1584 ms dispatch, 612 turns of 600 and 0.67 % late frames. 300 rooms failed:
-//! 10 never got an agent.
+//! 30 / 448 ms dispatch, 600 turns of 600 and 0.00 % late frames. 300 rooms failed
+//! (an earlier build): 10 never got an agent.
 //!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
