@@ -22,8 +22,9 @@
 //! 8, 12, 16, 24 and 48 kHz, so no resampler is needed) and conceals short losses.
 //! When the sender goes quiet (DTX: a browser's microphone, or our own tracks), the
 //! stream goes on in silent frames: filled in real time from 60 ms after the last
-//! packet, and on the next packet for whatever part of the gap in RTP time is left,
-//! so a consumer counting frames (a VAD) hears the pause as it happens.
+//! packet (500 ms when that packet carried speech: a stall, not a pause), and on the
+//! next packet for whatever part of the gap in RTP time is left, so a consumer
+//! counting frames (a VAD) hears the pause as it happens.
 //! Frames go out on a bounded channel; when the consumer is slower than real time
 //! the newest frames are dropped and counted rather than buffered without bound.
 //!
@@ -650,8 +651,17 @@ const MAX_CONCEALED: u16 = 5;
 const FRAME_TICKS: u32 = 960;
 
 /// How long past the last packet before a quiet sender's silence is filled in: longer
-/// than ordinary network jitter.
+/// than ordinary network jitter. A DTX sender goes quiet after frames of silence.
 const FILL_GRACE: Duration = Duration::from_millis(60);
+
+/// The same when the last packet carried speech: no DTX sender stops mid-word, so the
+/// gap is the network or the sender stalling, and its audio is still to come. Filling
+/// it with silence would cut the utterance in two.
+const STALL_GRACE: Duration = Duration::from_millis(500);
+
+/// Mean absolute sample above which a decoded frame counts as speech (about −45 dBFS);
+/// silence and comfort noise stay far below it.
+const LOUD_MEAN_ABS: u64 = 150;
 
 /// Silent frames filled in per wake while a sender is quiet (60 ms).
 const FILL_BATCH: u32 = 3;
@@ -680,6 +690,8 @@ struct Timeline {
     expected_ts: Option<u32>,
     /// Silent frames filled in since the last packet.
     filled: u32,
+    /// The last decoded packet carried speech.
+    last_loud: bool,
 }
 
 impl Timeline {
@@ -718,8 +730,19 @@ impl Timeline {
     }
 
     /// The packet at `ts` decoded to `ticks` of RTP time.
-    fn on_decoded(&mut self, ts: u32, ticks: u32) {
+    fn on_decoded(&mut self, ts: u32, ticks: u32, pcm: &[i16]) {
         self.expected_ts = Some(ts.wrapping_add(ticks));
+        let sum: u64 = pcm.iter().map(|&x| u64::from(x.unsigned_abs())).sum();
+        self.last_loud = sum > LOUD_MEAN_ABS * pcm.len() as u64;
+    }
+
+    /// How long to wait for the next packet before filling silence in.
+    fn fill_grace(&self) -> Duration {
+        if self.last_loud {
+            STALL_GRACE
+        } else {
+            FILL_GRACE
+        }
     }
 
     /// No packet for a while: silent frames to emit now (none before the first packet).
@@ -768,7 +791,7 @@ async fn decode_loop(
         };
         quiet
             .as_mut()
-            .reset(tokio::time::Instant::now() + FILL_GRACE);
+            .reset(tokio::time::Instant::now() + timeline.fill_grace());
         let ts = packet.header.timestamp;
         let Some(before) = timeline.on_packet(packet.header.sequence_number, ts) else {
             continue;
@@ -791,7 +814,7 @@ async fn decode_loop(
         }
         match decoder.decode(&packet.payload, &mut pcm, false) {
             Ok(n) => {
-                timeline.on_decoded(ts, n as u32 * ticks_per_sample);
+                timeline.on_decoded(ts, n as u32 * ticks_per_sample, &pcm[..n]);
                 if !emit(&tx, &pcm[..n], sample_rate, &dropped) {
                     return;
                 }
@@ -1174,9 +1197,9 @@ mod tests {
         assert_eq!(t.on_quiet(), 0, "nothing to fill before the first packet");
         // Talking: contiguous packets 20 ms apart.
         assert_eq!(t.on_packet(10, 1000), Some(none));
-        t.on_decoded(1000, 960);
+        t.on_decoded(1000, 960, &[0; 960]);
         assert_eq!(t.on_packet(11, 1960), Some(none));
-        t.on_decoded(1960, 960);
+        t.on_decoded(1960, 960, &[0; 960]);
         // A duplicate and a late packet are dropped.
         assert_eq!(t.on_packet(11, 1960), None);
         assert_eq!(t.on_packet(9, 40), None);
@@ -1188,7 +1211,7 @@ mod tests {
                 silence: 0
             })
         );
-        t.on_decoded(4840, 960);
+        t.on_decoded(4840, 960, &[0; 960]);
         // The sender goes quiet for 500 ms (next sequence number, RTP time 25 frames
         // on): 24 frames of silence, less the 2 batches real time already filled.
         assert_eq!(t.on_quiet(), FILL_BATCH);
@@ -1200,7 +1223,7 @@ mod tests {
                 silence: 24 - 2 * FILL_BATCH
             })
         );
-        t.on_decoded(5800 + 24 * 960, 960);
+        t.on_decoded(5800 + 24 * 960, 960, &[0; 960]);
         // A pause filled entirely in real time adds nothing on arrival, and a very
         // long one is capped.
         for _ in 0..40 {
@@ -1208,7 +1231,7 @@ mod tests {
         }
         let next = 5800 + 25 * 960;
         assert_eq!(t.on_packet(16, next + 100 * 960), Some(none));
-        t.on_decoded(next + 100 * 960, 960);
+        t.on_decoded(next + 100 * 960, 960, &[0; 960]);
         let next = next + 101 * 960;
         assert_eq!(
             t.on_packet(17, next + 500 * 960),
@@ -1217,5 +1240,21 @@ mod tests {
                 silence: MAX_GAP_FILL
             })
         );
+    }
+
+    #[test]
+    fn a_stall_mid_speech_is_not_taken_for_a_pause() {
+        let mut t = Timeline::default();
+        t.on_packet(1, 0);
+        // Speech (a tone at about −20 dBFS): the next gap is waited out longer.
+        let speech: Vec<i16> = (0..960)
+            .map(|i| if i % 2 == 0 { 3000 } else { -3000 })
+            .collect();
+        t.on_decoded(0, 960, &speech);
+        assert_eq!(t.fill_grace(), STALL_GRACE);
+        // Silence, or a DTX sender's comfort noise: a gap is filled in soon.
+        t.on_packet(2, 960);
+        t.on_decoded(960, 960, &[40; 960]);
+        assert_eq!(t.fill_grace(), FILL_GRACE);
     }
 }
