@@ -128,6 +128,13 @@ pub struct PacerStats {
     pub interval_deviation: CadenceHistogram,
 }
 
+impl PacerStats {
+    /// Frames sent on the 20 ms cadence: all but a quiet track's keep-alives.
+    pub fn cadence_frames(&self) -> u64 {
+        self.frames_sent.saturating_sub(self.keepalive_frames)
+    }
+}
+
 #[derive(Default)]
 struct SharedStats {
     frames_sent: AtomicU64,
@@ -246,7 +253,10 @@ pub(crate) const HANGOVER_FRAMES: u32 = 10;
 const DTX_KEEPALIVE: Duration = Duration::from_millis(400);
 
 /// The RTP clock of Opus (RFC 7587: always 48 kHz, whatever the input rate).
-const RTP_CLOCK_HZ: u128 = 48_000;
+const RTP_CLOCK_HZ: u32 = 48_000;
+
+/// RTP ticks in a 20 ms frame.
+const FRAME_TICKS: u32 = RTP_CLOCK_HZ / 50;
 
 /// How a published track is encoded and sent.
 #[derive(Debug, Clone, Copy)]
@@ -422,7 +432,7 @@ impl Pacer {
             // RTP time is the slot's due time: skipped slots and quiet gaps show as
             // a jump in timestamps, not in sequence numbers.
             let elapsed_us = slot.due.saturating_duration_since(origin).as_micros();
-            let ticks = elapsed_us * RTP_CLOCK_HZ / 1_000_000;
+            let ticks = elapsed_us * u128::from(RTP_CLOCK_HZ) / 1_000_000;
             let timestamp = self.timestamp_base.wrapping_add(ticks as u32);
             let sequence = self.sequence;
             let marker = std::mem::take(&mut talkspurt);
@@ -647,9 +657,6 @@ impl Drop for AudioStream {
 /// Packets lost in a row that we conceal with Opus PLC; longer gaps are skipped.
 const MAX_CONCEALED: u16 = 5;
 
-/// RTP ticks (48 kHz) in a 20 ms frame.
-const FRAME_TICKS: u32 = 960;
-
 /// How long past the last packet before a quiet sender's silence is filled in: longer
 /// than ordinary network jitter. A DTX sender goes quiet after frames of silence.
 const FILL_GRACE: Duration = Duration::from_millis(60);
@@ -766,7 +773,7 @@ async fn decode_loop(
     let mut pcm = vec![0i16; sample_rate as usize * 120 / 1000];
     let frame_len = sample_rate as usize / 50;
     let silence = vec![0i16; frame_len];
-    let ticks_per_sample = 48_000 / sample_rate;
+    let ticks_per_sample = RTP_CLOCK_HZ / sample_rate;
     let mut timeline = Timeline::default();
     let quiet = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(quiet);

@@ -11,10 +11,10 @@
 //! - further behind (the process was starved of CPU for longer), it skips the missed
 //!   slots and resumes on the grid at the current slot. A burst of that many frames
 //!   would overflow receivers' jitter buffers and be thrown away anyway. Queued audio
-//!   is not dropped: it plays on from the current slot, later. The skipped time is
-//!   added to the RTP timestamps (as the duration of the frame sent now), so that RTP
-//!   time keeps following the wall clock like a microphone's, without a gap in
-//!   sequence numbers that receivers would take for loss.
+//!   is not dropped: it plays on from the current slot, later. A packet's RTP
+//!   timestamp is its slot's due time, so the skipped time shows in RTP time, which
+//!   keeps following the wall clock like a microphone's, without a gap in sequence
+//!   numbers that receivers would take for loss.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -232,7 +232,7 @@ pub async fn run(
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         tracing::info!(
             job = %job.job_id,
-            frames = stats.frames_sent - stats.keepalive_frames.min(stats.frames_sent),
+            frames = stats.cadence_frames(),
             late_p99_ms = ms(stats.lateness.percentile(99.0)),
             late_max_ms = stats.max_lateness_us as f64 / 1000.0,
             skipped = stats.slots_skipped,

@@ -133,9 +133,7 @@ impl Metrics {
         self.with(|m| {
             // A skipped slot is a frame that should have left: count it in both. A
             // quiet track's keep-alives are not on the cadence: in neither.
-            m.audio_frames_total += stats.frames_sent
-                - stats.keepalive_frames.min(stats.frames_sent)
-                + stats.slots_skipped;
+            m.audio_frames_total += stats.cadence_frames() + stats.slots_skipped;
             m.audio_frames_late_total +=
                 stats.lateness.count_over(LATE_FRAME) + stats.slots_skipped;
         });
