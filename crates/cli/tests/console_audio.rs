@@ -208,16 +208,22 @@ impl Console {
 
     /// Waits for a line matching `want`; fails with everything seen.
     async fn wait_line(&mut self, what: &str, within: Duration, want: impl Fn(&str) -> bool) {
+        self.wait_until(what, within, |seen| seen.iter().any(|l| want(l)))
+            .await
+    }
+
+    /// Waits until `done` holds for everything printed so far (checked after
+    /// each line, and once at the start).
+    async fn wait_until(&mut self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) {
         let deadline = tokio::time::Instant::now() + within;
-        if self.seen.iter().any(|l| want(l)) {
+        if done(&self.seen) {
             return;
         }
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(line)) => {
-                    let hit = want(&line);
                     self.seen.push(line);
-                    if hit {
+                    if done(&self.seen) {
                         return;
                     }
                 }
@@ -399,7 +405,8 @@ fn room_position(recorder: &Recorder) -> f64 {
 }
 
 /// A console line to wait for: what it is, and the test.
-type Until = (&'static str, fn(&str) -> bool);
+/// What to wait for, and when it has come: a test of every line printed so far.
+type Until = (&'static str, fn(&[String]) -> bool);
 
 /// Plays the question into the room, waits for `until`, then presses Ctrl-C.
 async fn converse(pulse: &Pulse, dir: &Path, extra: &[&str], until: Until) -> Conversation {
@@ -420,7 +427,7 @@ async fn converse(pulse: &Pulse, dir: &Path, extra: &[&str], until: Until) -> Co
     play_into_room(pulse, &question).await;
     let question_done = room_position(&room);
     console
-        .wait_line(until.0, Duration::from_secs(120), until.1)
+        .wait_until(until.0, Duration::from_secs(120), until.1)
         .await;
     // Let the last of the speech leave the speaker.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -458,7 +465,9 @@ async fn spoken_question_is_answered_on_the_speaker_and_echo_is_cancelled() {
         &pulse,
         dir.path(),
         &["--record", &record_arg],
-        ("the agent's reply", |l| l.starts_with("agent:")),
+        ("the agent's reply", |seen| {
+            seen.iter().any(|l| l.starts_with("agent:"))
+        }),
     )
     .await;
     let all = report(&c);
@@ -566,8 +575,9 @@ async fn without_echo_cancellation_the_agent_interrupts_itself() {
         &pulse,
         dir.path(),
         &["--no-aec"],
-        ("a second turn", |l| {
-            l.starts_with("turn:") && !l.contains("France")
+        // Counted, not recognised by its words: whisper may mishear either.
+        ("a second turn", |seen| {
+            seen.iter().filter(|l| l.starts_with("turn:")).count() >= 2
         }),
     )
     .await;
