@@ -408,7 +408,11 @@ async fn one_size(
     answer: Arc<Vec<i16>>,
 ) -> Result<String, HarnessError> {
     let server = LiveKitServer::start().await?;
-    renice(server.pid(), users_nice).await;
+    let server_nice = env_list("SERVER_NICE", &users_nice.to_string())
+        .first()
+        .copied()
+        .unwrap_or(users_nice);
+    renice(server.pid(), server_nice).await;
     let gw = gateway::Gateway::start(Arc::new(move |_: &str| answer.as_ref().clone())).await;
     // Every end of speech is answered with the question (plenty to spare).
     let script = vec![QUESTION; n * turns * 4];

@@ -120,6 +120,14 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) type WsSink = futures::stream::SplitSink<Ws, Message>;
 pub(crate) type WsStream = futures::stream::SplitStream<Ws>;
 
+/// tungstenite zero-fills its whole read buffer (128 KiB by default) before every
+/// read, including each poll that finds nothing to read: with a socket per session
+/// that was the worker's hottest function, and RSS it never needed. Our messages
+/// are small; a larger one just takes several reads.
+fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 /// Open the signal WebSocket.
 pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream), RtcError> {
     let mut request = url
@@ -129,20 +137,21 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream)
         RtcError::InvalidArgument("token has characters not allowed in a header".into())
     })?;
     request.headers_mut().insert("Authorization", auth);
-    let (ws, _resp) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .map_err(|e| match e {
-            tungstenite::Error::Http(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).chars().take(200).collect())
-                    .unwrap_or_default();
-                RtcError::Refused { status, body }
-            }
-            other => RtcError::SignalConnect(other.to_string()),
-        })?;
+    let (ws, _resp) =
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).chars().take(200).collect())
+                        .unwrap_or_default();
+                    RtcError::Refused { status, body }
+                }
+                other => RtcError::SignalConnect(other.to_string()),
+            })?;
     Ok(ws.split())
 }
 

@@ -194,6 +194,14 @@ pub(crate) fn query_escape(value: &str) -> String {
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// tungstenite zero-fills its whole read buffer (128 KiB by default) before every
+/// read, including each poll that finds nothing to read: with two sockets per
+/// session that was the worker's hottest function, and RSS it never needed. Our
+/// messages are small; a larger one just takes several reads.
+fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 /// Opens `url` with a fresh token and the job's headers, within `timeout`.
 pub(crate) async fn connect(
     service: &'static str,
@@ -230,7 +238,7 @@ pub(crate) async fn connect(
             headers.insert(name, v);
         }
     }
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true);
     let (ws, _) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => {
             return Err(SpeechError::Timeout {

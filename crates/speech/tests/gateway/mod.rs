@@ -273,7 +273,12 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<State>>, synth: Synt
         }
         Ok(resp)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+    // A small read buffer: tungstenite zero-fills all of it before each read, and
+    // the rooms bench runs hundreds of these connections beside the worker.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await
+    else {
         return;
     };
     let path = state.lock().unwrap().conns[index].path.clone();
