@@ -64,6 +64,11 @@ use tokio::process::{Child, Command};
 
 /// Users per Python process.
 const ROOMS_PER_PROCESS: usize = 25;
+/// Rooms that arrive one at a time once all N talk, from `LATE_START_S` into the
+/// talking window, `LATE_GAP_S` apart.
+const LATE_ROOMS: usize = 10;
+const LATE_START_S: f64 = 4.0;
+const LATE_GAP_S: f64 = 1.5;
 /// Seconds between one user's questions (start to start).
 const GAP_S: f64 = 8.0;
 const QUESTION: &str = "What is the capital of France?";
@@ -127,9 +132,9 @@ async fn run() -> Result<(), HarnessError> {
         renice(Some(std::process::id()), users_nice).await;
     }
     println!(
-        "| rooms | dispatch→track p50 / p99 ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | worker waiting for a CPU % | server / bench process CPU % | load avg | RSS idle → peak MB | MB per session | late frames |"
+        "| rooms | dispatch→track p50 / p99 ms | dispatch→track of a room arriving while N talk: p50 / max ms | end of utterance p50 / p99 ms | LLM TTFT p50 / p99 ms | TTS TTFB p50 / p99 ms | end to end p50 / p99 ms | turns | worker CPU % of a core | worker waiting for a CPU % | server / bench process CPU % | load avg | RSS idle → peak MB | MB per session | late frames |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         let users = if rust_users {
             Users::Rust(question48.clone())
@@ -275,6 +280,20 @@ fn fields(line: &str) -> HashMap<&str, &str> {
         .collect()
 }
 
+/// The median and the worst of a few samples.
+fn late_join(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:.0} / {:.0} ({})",
+        v[v.len() / 2],
+        v[v.len() - 1],
+        v.len()
+    )
+}
+
 fn percentiles(mut v: Vec<f64>) -> String {
     if v.is_empty() {
         return "–".into();
@@ -399,6 +418,32 @@ async fn rust_user(
     result
 }
 
+/// A room that arrives while the others talk: its user joins, waits until the
+/// agent's track reaches it, and leaves (its session then ends).
+async fn late_user(url: String, token: String) -> Result<(), HarnessError> {
+    let opts = rtc::ConnectOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..Default::default()
+    };
+    let (room, mut events) = rtc::connect(&url, &token, opts)
+        .await
+        .map_err(|e| err(format!("late user connect: {e}")))?;
+    let agent_track = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = events.recv().await {
+            if let rtc::RoomEvent::TrackSubscribed(t) = ev
+                && t.participant_identity().starts_with("agent-")
+            {
+                return Ok(());
+            }
+        }
+        Err(err("room closed before the agent's track came"))
+    })
+    .await
+    .unwrap_or_else(|_| Err(err("no agent track within 30 s")));
+    let _ = room.close().await;
+    agent_track
+}
+
 async fn one_size(
     n: usize,
     turns: usize,
@@ -484,8 +529,20 @@ async fn one_size(
     let mut rss_peak = rss_idle;
     let mut cpu1 = cpu0;
     let mut t1 = t0;
+    // Rooms that arrive one at a time while all N talk: how long a new room waits
+    // for its agent on a loaded worker (apart from the arrival storm above).
+    let late_rooms: Vec<String> = (0..LATE_ROOMS)
+        .map(|i| format!("bench-{n}-late-{i}"))
+        .collect();
+    let mut late_users = Vec::new();
     while t0.elapsed() < Duration::from_secs_f64(duration - 1.0) {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let due = ((t0.elapsed().as_secs_f64() - LATE_START_S) / LATE_GAP_S).floor();
+        if due >= 0.0 && (due as usize) >= late_users.len() && late_users.len() < LATE_ROOMS {
+            let room = &late_rooms[late_users.len()];
+            let token = token(&format!("user-{room}"), room)?;
+            late_users.push(tokio::spawn(late_user(server.url(), token)));
+        }
         if let Some((cpu, rss)) = proc_usage(pid) {
             rss_peak = rss_peak.max(rss);
             cpu1 = cpu;
@@ -510,6 +567,14 @@ async fn one_size(
             Err(_) => user_errors.push("user never finished".into()),
         }
     }
+    for u in late_users {
+        match tokio::time::timeout(Duration::from_secs(40), u).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => user_errors.push(e.to_string()),
+            Ok(Err(e)) => user_errors.push(e.to_string()),
+            Err(_) => user_errors.push("late user never finished".into()),
+        }
+    }
     if !user_errors.is_empty() {
         eprintln!(
             "{} of {n} Rust users failed, first: {}",
@@ -530,20 +595,26 @@ async fn one_size(
     let late = metric(&metrics, "voice_agent_audio_frames_late_total").unwrap_or(0.0);
 
     let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
-    let mut assigned: HashMap<String, f64> = HashMap::new();
-    let mut dispatch = Vec::new();
+    let mut assigned: HashMap<String, (f64, bool)> = HashMap::new();
+    let (mut dispatch, mut dispatch_late) = (Vec::new(), Vec::new());
     let (mut eou, mut ttft, mut ttfb, mut e2e) = (vec![], vec![], vec![], vec![]);
     for line in log.lines() {
         let f = fields(line);
         if line.contains("job assigned") {
             if let (Some(job), Some(t)) = (f.get("job"), log_time(line)) {
-                assigned.insert((*job).to_owned(), t);
+                let late = f.get("room").is_some_and(|r| r.contains("-late-"));
+                assigned.insert((*job).to_owned(), (t, late));
             }
         } else if line.contains("job running") {
             if let (Some(job), Some(t)) = (f.get("job"), log_time(line))
-                && let Some(a) = assigned.get(*job)
+                && let Some((a, late)) = assigned.get(*job)
             {
-                dispatch.push((t - a) * 1000.0);
+                let ms = (t - a) * 1000.0;
+                if *late {
+                    dispatch_late.push(ms);
+                } else {
+                    dispatch.push(ms);
+                }
             }
         } else if line.contains("turn metrics") && f.contains_key("end_of_utterance_ms") {
             let ms = |k: &str| {
@@ -566,8 +637,9 @@ async fn one_size(
         )));
     }
     Ok(format!(
-        "| {n} | {} | {} | {} | {} | {} | {turns_done} of {} | {cpu_pct:.1} | {wait_pct:.1} | {server_pct:.0} / {bench_pct:.0} | {load0:.1} → {load1:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
+        "| {n} | {} | {} | {} | {} | {} | {} | {turns_done} of {} | {cpu_pct:.1} | {wait_pct:.1} | {server_pct:.0} / {bench_pct:.0} | {load0:.1} → {load1:.1} | {rss_idle:.0} → {rss_peak:.0} | {:.2} | {:.2} % of {frames:.0} |",
         percentiles(dispatch),
+        late_join(dispatch_late),
         percentiles(eou),
         percentiles(ttft),
         percentiles(ttfb),

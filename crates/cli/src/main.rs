@@ -96,10 +96,19 @@ struct ConsoleArgs {
     record: Option<PathBuf>,
 }
 
+/// What a worker logs unless `RUST_LOG` says otherwise: our own `info`, and only
+/// errors from webrtc-rs's internals. They warn of routine steps at every join
+/// (ICE checks before the server's candidates come, SCTP's first packet), and
+/// 0.21 cannot parse the SDES that LiveKit's SFU sends with every sender report
+/// (a MID item, RFC 8843): a warning per session every 3 s, 65 a second at 200
+/// sessions. Our engine logs connection changes itself.
+const ROOM_LOGS: &str =
+    "info,rtc::peer_connection=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Start | Command::Dev | Command::Connect { .. } => "info",
+        Command::Start | Command::Dev | Command::Connect { .. } => ROOM_LOGS,
         // The PulseAudio client logs its own disconnection at exit as an error.
         Command::Console(_) => "warn,pulseaudio=off",
         _ => "warn",

@@ -237,6 +237,10 @@ struct Engine {
     request_id: u32,
     /// Fired once the publisher's reliable channel first opens (connect waits for it).
     ready: Option<oneshot::Sender<()>>,
+    /// Steps of the first join and when they came, logged once it is ready: where
+    /// a slow join spent its time.
+    join_marks: Vec<(&'static str, Instant)>,
+    room_name: String,
     deferred: VecDeque<Command>,
 }
 
@@ -280,7 +284,6 @@ pub(crate) async fn connect(
         INTERNAL_CAPACITY,
         Some(ready_tx),
     );
-    let t0 = Instant::now();
     let join = tokio::time::timeout(connect_timeout, engine.join(false))
         .await
         .map_err(|_| RtcError::Timeout {
@@ -292,17 +295,9 @@ pub(crate) async fn connect(
         local: engine.local.clone(),
         room_name: join.room.map(|r| r.name).unwrap_or_default(),
     };
-    let t_join = t0.elapsed();
     let task = tokio::spawn(engine.run());
     match tokio::time::timeout(connect_timeout, ready_rx).await {
-        Ok(Ok(())) => {
-            tracing::debug!(
-                join_response_ms = t_join.as_secs_f64() * 1e3,
-                data_channel_open_ms = t0.elapsed().as_secs_f64() * 1e3,
-                "connected"
-            );
-            Ok((room, events_rx))
-        }
+        Ok(Ok(())) => Ok((room, events_rx)),
         Ok(Err(_)) => {
             let _ = task.await;
             Err(RtcError::SignalClosed(
@@ -342,6 +337,26 @@ enum Step {
 }
 
 impl Engine {
+    /// Notes a step of the first join (nothing once it is done).
+    fn mark(&mut self, step: &'static str) {
+        if self.ready.is_some() {
+            self.join_marks.push((step, Instant::now()));
+        }
+    }
+
+    /// The first join is done: log its steps, in ms from the start.
+    fn joined(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+            let start = self.join_marks[0].1;
+            let steps: Vec<String> = self.join_marks[1..]
+                .iter()
+                .map(|(step, at)| format!("{step}={:.1}", (*at - start).as_secs_f64() * 1e3))
+                .collect();
+            tracing::debug!(room = %self.room_name, participant = %self.local.identity, steps = %steps.join(" "), "joined (ms from start)");
+        }
+    }
+
     async fn emit(&self, event: RoomEvent) {
         let _ = self.events.send(event).await;
     }
@@ -363,6 +378,7 @@ impl Engine {
                     what: "signal connection",
                     after: SIGNAL_TIMEOUT,
                 })??;
+        self.mark("signal");
         let join = tokio::time::timeout(SIGNAL_TIMEOUT, async {
             loop {
                 match signal::recv(&mut ws_rx).await? {
@@ -381,6 +397,10 @@ impl Engine {
             what: "join response",
             after: SIGNAL_TIMEOUT,
         })??;
+        self.mark("join_response");
+        if let Some(room) = &join.room {
+            self.room_name.clone_from(&room.name);
+        }
 
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -399,6 +419,7 @@ impl Engine {
         let subscriber = self
             .build_pc(generation, Target::Subscriber, &ice_servers)
             .await?;
+        self.mark("peer_connections");
         let reliable = publisher
             .create_data_channel(
                 RELIABLE_LABEL,
@@ -870,7 +891,9 @@ impl Engine {
             id: s.offer_id,
             ..Default::default()
         };
-        signal::send(&mut s.ws_tx, Req::Offer(desc)).await
+        signal::send(&mut s.ws_tx, Req::Offer(desc)).await?;
+        self.mark("offer_sent");
+        Ok(())
     }
 
     async fn handle_signal(&mut self, msg: Resp) -> Result<Flow, RtcError> {
@@ -886,6 +909,10 @@ impl Engine {
                 s.publisher.set_remote_description(desc).await?;
                 s.pub_remote_set = true;
                 s.awaiting_answer = false;
+                self.mark("answer");
+                let Some(s) = self.session.as_mut() else {
+                    return Ok(Flow::Continue);
+                };
                 for c in std::mem::take(&mut s.pub_pending_candidates) {
                     if let Err(e) = s.publisher.add_ice_candidate(c).await {
                         tracing::debug!(error = %e, "publisher candidate rejected");
@@ -1102,6 +1129,12 @@ impl Engine {
                     }
                     PcEvent::State(state) => {
                         tracing::debug!(?target, ?state, "peer connection state");
+                        if state == RTCPeerConnectionState::Connected {
+                            self.mark(match target {
+                                Target::Publisher => "publisher_connected",
+                                Target::Subscriber => "subscriber_connected",
+                            });
+                        }
                         if state == RTCPeerConnectionState::Failed {
                             return Some(format!("{target:?} peer connection failed"));
                         }
@@ -1136,9 +1169,8 @@ impl Engine {
                 if let Some(s) = self.session.as_mut() {
                     if label == RELIABLE_LABEL {
                         s.reliable_open = true;
-                        if let Some(ready) = self.ready.take() {
-                            let _ = ready.send(());
-                        }
+                        self.mark("reliable_open");
+                        self.joined();
                     } else if label == LOSSY_LABEL {
                         s.lossy_open = true;
                     }
@@ -1391,6 +1423,8 @@ impl Engine {
             sequencer: Sequencer::default(),
             request_id: 0,
             ready,
+            join_marks: vec![("start", Instant::now())],
+            room_name: String::new(),
             deferred: VecDeque::new(),
         }
     }
