@@ -46,13 +46,18 @@ async def speak(room, name, pcm, rate, agent_here, turns, gap):
     loop = asyncio.get_running_loop()
     for k in range(turns):
         started = loop.time()
-        for i in range(0, pcm.size, step):
+        # The source plays out in real time from the first frame (after a 1 s queue
+        # fills): a frame handed over after its time leaves a gap in the question.
+        # The worst lateness tells whether this user, not the agent, split it.
+        late = 0.0
+        for n, i in enumerate(range(0, pcm.size, step)):
             chunk = pcm[i:i + step]
             if chunk.size < step:
                 chunk = np.concatenate([chunk, np.zeros(step - chunk.size, dtype=np.int16)])
+            late = max(late, loop.time() - started - n * 0.02)
             await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), rate, 1, step))
         await source.wait_for_playout()
-        out({"event": "spoke", "room": name, "turn": k})
+        out({"event": "spoke", "room": name, "turn": k, "late_ms": round(late * 1000.0, 1)})
         await asyncio.sleep(max(0.0, started + gap - loop.time()))
 
 

@@ -116,9 +116,67 @@ impl Segmenter {
     }
 }
 
+/// A window whose samples are all within this is digital silence (−84 dBFS,
+/// below any microphone's noise floor): a DTX sender's gaps filled with zeros, or
+/// its keep-alive frames.
+const SILENT_PEAK: u16 = 2;
+/// Digital silence the model must have scored before its score may be taken as
+/// settled, so that its recurrent state has settled too.
+const SETTLE_TIME: Duration = Duration::from_secs(1);
+/// Largest change between two scores of a settled model. earshot's score on
+/// zeros drifts by 1e-3 a window after 1 s and 1e-5 after 3 s, towards 0.164:
+/// nowhere near a threshold, and never settled to 1e-6.
+const SETTLE_DELTA: f32 = 1e-3;
+
+/// Most of what a listening agent hears is digital silence. Once the model has
+/// scored enough of it and its score has stopped moving, more of it cannot
+/// change the score, so the model is not run on it: the same score is reused
+/// until anything louder comes.
+struct SettledSilence {
+    /// Silent windows to score before the score may count as settled.
+    settle_frames: u32,
+    /// Consecutive silent windows scored.
+    frames: u32,
+    last: f32,
+    settled: Option<f32>,
+}
+
+impl SettledSilence {
+    fn new(frame_duration: Duration) -> Self {
+        let per_frame = frame_duration.as_secs_f64().max(1e-3);
+        Self {
+            settle_frames: (SETTLE_TIME.as_secs_f64() / per_frame).ceil() as u32,
+            frames: 0,
+            last: f32::NAN,
+            settled: None,
+        }
+    }
+
+    /// The score of a silent window: the settled one, or `run`'s.
+    fn score(&mut self, run: impl FnOnce() -> f32) -> f32 {
+        if let Some(score) = self.settled {
+            return score;
+        }
+        let score = run();
+        self.frames = self.frames.saturating_add(1);
+        if self.frames >= self.settle_frames && (score - self.last).abs() <= SETTLE_DELTA {
+            self.settled = Some(score);
+        }
+        self.last = score;
+        score
+    }
+
+    /// A window that is not silent.
+    fn broken(&mut self) {
+        self.frames = 0;
+        self.settled = None;
+    }
+}
+
 /// A model plus segmenter that takes frames of any rate and length.
 pub struct VoiceDetector {
     model: Box<dyn VadModel>,
+    silence: SettledSilence,
     segmenter: Segmenter,
     converter: FrameConverter,
     /// Samples waiting to fill the model's next frame.
@@ -137,6 +195,7 @@ impl VoiceDetector {
             converter: FrameConverter::new(rate),
             pending: Vec::with_capacity(model.frame_len() * 2),
             scored: Duration::ZERO,
+            silence: SettledSilence::new(frame_duration),
             frame_duration,
             model,
         }
@@ -149,7 +208,13 @@ impl VoiceDetector {
         let n = self.model.frame_len();
         let mut offset = 0;
         while self.pending.len() - offset >= n {
-            let score = self.model.score(&self.pending[offset..offset + n]);
+            let window = &self.pending[offset..offset + n];
+            let score = if window.iter().all(|s| s.unsigned_abs() <= SILENT_PEAK) {
+                self.silence.score(|| self.model.score(window))
+            } else {
+                self.silence.broken();
+                self.model.score(window)
+            };
             offset += n;
             self.scored += self.frame_duration;
             if let Some(e) = self.segmenter.push(score, self.scored, self.frame_duration) {
@@ -208,6 +273,91 @@ mod tests {
         scores.extend(vec![0.9; 5]);
         scores.extend(vec![0.0; 50]);
         assert!(run(&scores).is_empty());
+    }
+
+    /// Counts its runs. On silence its score decays towards 0 (as a recurrent
+    /// model's does), unless `restless`, when it never settles.
+    struct CountingModel {
+        runs: std::sync::Arc<std::sync::atomic::AtomicU32>,
+        score: f32,
+        restless: bool,
+    }
+
+    impl VadModel for CountingModel {
+        fn sample_rate(&self) -> u32 {
+            16_000
+        }
+        fn frame_len(&self) -> usize {
+            256
+        }
+        fn score(&mut self, frame: &[i16]) -> f32 {
+            self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let loud = frame.iter().any(|s| s.unsigned_abs() > 1000);
+            self.score = if loud {
+                0.9
+            } else if self.restless {
+                0.3 - self.score
+            } else {
+                self.score * 0.9
+            };
+            self.score
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn detector(restless: bool) -> (VoiceDetector, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let model = CountingModel {
+            runs: runs.clone(),
+            score: 0.3,
+            restless,
+        };
+        (
+            VoiceDetector::new(Box::new(model), VadOptions::default()),
+            runs,
+        )
+    }
+
+    fn feed(d: &mut VoiceDetector, sample: i16, windows: usize) -> Vec<VadEvent> {
+        let mut events = Vec::new();
+        let frame = AudioFrame::new(vec![sample; 256 * windows], 16_000, 1);
+        d.push(&frame, |e| {
+            if !matches!(e, VadEvent::SpeechProgress { .. }) {
+                events.push(e)
+            }
+        });
+        events
+    }
+
+    #[test]
+    fn settled_digital_silence_is_not_scored_again() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut d, runs) = detector(false);
+        // 4 s of zeros: scored until 1 s (63 windows) has passed and the score
+        // has stopped moving.
+        assert!(feed(&mut d, 0, 250).is_empty());
+        assert_eq!(runs.load(Relaxed), 63);
+        // Keep-alive frames' near-silence is silence too.
+        feed(&mut d, 2, 50);
+        assert_eq!(runs.load(Relaxed), 63);
+        // Speech is scored, and heard.
+        let events = feed(&mut d, 3000, 20);
+        assert_eq!(runs.load(Relaxed), 83);
+        assert_eq!(events, vec![VadEvent::SpeechStarted { at: ms(4_800) }]);
+        // After it, silence must settle again before it is skipped.
+        let events = feed(&mut d, 0, 250);
+        assert!(matches!(events[..], [VadEvent::SpeechEnded { .. }]));
+        assert_eq!(runs.load(Relaxed), 83 + 63);
+        // Quiet noise above digital silence is always scored.
+        feed(&mut d, 3, 10);
+        assert_eq!(runs.load(Relaxed), 83 + 63 + 10);
+    }
+
+    #[test]
+    fn a_score_that_keeps_moving_is_scored_every_window() {
+        let (mut d, runs) = detector(true);
+        feed(&mut d, 0, 300);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 300);
     }
 
     #[test]

@@ -348,12 +348,20 @@ impl Engine {
     fn joined(&mut self) {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
-            let start = self.join_marks[0].1;
-            let steps: Vec<String> = self.join_marks[1..]
+            let marks = std::mem::take(&mut self.join_marks);
+            let Some((_, start)) = marks.first() else {
+                return;
+            };
+            let steps: Vec<String> = marks[1..]
                 .iter()
-                .map(|(step, at)| format!("{step}={:.1}", (*at - start).as_secs_f64() * 1e3))
+                .map(|(step, at)| format!("{step}={:.1}", (*at - *start).as_secs_f64() * 1e3))
                 .collect();
-            tracing::debug!(room = %self.room_name, participant = %self.local.identity, steps = %steps.join(" "), "joined (ms from start)");
+            tracing::debug!(
+                room = %self.room_name,
+                participant = %self.local.identity,
+                steps = %steps.join(" "),
+                "joined (ms from start)"
+            );
         }
     }
 
