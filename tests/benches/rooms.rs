@@ -50,13 +50,19 @@
 //! two cores are saturated: sampled every 0.25 s, the server takes 100–117 % of a
 //! core while rooms arrive (joins are its costliest work), then the worker about
 //! 85 %, the server 50 % and the users 55–60 %. Joins then wait on both sides; the
-//! worker's debug log (`rtc::engine=debug`) has each join's steps. Over other runs
-//! at 200 rooms: dispatch p99 0.98–1.8 s, later rooms p50 58–160 ms and max
-//! 224–931 ms, late frames 0.00–0.25 %, 600 or 601 turns of 600. With the server
+//! worker's debug log (`rtc::engine=debug`) has each join's steps. Over eight
+//! other runs at 200 rooms (the host is a VM; figures move from run to run):
+//! dispatch p50 134–469 ms and p99 1.0–2.1 s, later rooms p50 58–227 ms and max
+//! 209–931 ms, late frames 0.00–0.25 %, 600 turns of 600 (once 601). With the server
 //! at nice 0 (`SERVER_NICE=0`) the arrivals were no faster. With rooms arriving
 //! 100 ms apart (`ARRIVAL_MS=100`): 42 / 1073 ms, later rooms 269 / 995 ms, 607
 //! turns of 600 (some questions heard as two turns; not established whether the
-//! users, starved at nice 10, left gaps in them) and 0.29 % late frames. 300 rooms are more than these two cores hold.
+//! users, starved at nice 10, left gaps in them) and 0.29 % late frames. 300
+//! rooms were not run again: 200 already saturate the two cores.
+//!
+//! The table predates the voice detector's shortcut on settled digital silence;
+//! with it, 100 rooms took 35.6 % of a core (37.0 and 38.6 % in the two runs
+//! before), and 200 rooms 55.3–56.5 %.
 //!
 //! `cargo build --release -p voice-agent && cargo bench -p e2e-tests --bench rooms`
 //! `ROOMS=1,10,50,100 TURNS=3 cargo bench -p e2e-tests --bench rooms`
