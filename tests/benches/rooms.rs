@@ -365,6 +365,20 @@ enum Users {
     Rust(Arc<Vec<i16>>),
 }
 
+/// A Rust user joins on loopback.
+async fn user_connect(
+    url: &str,
+    token: &str,
+) -> Result<(rtc::Room, tokio::sync::mpsc::Receiver<rtc::RoomEvent>), HarnessError> {
+    let opts = rtc::ConnectOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..Default::default()
+    };
+    rtc::connect(url, token, opts)
+        .await
+        .map_err(|e| err(format!("user connect: {e}")))
+}
+
 /// One Rust user: joins, waits for the agent, asks `question` `turns` times `GAP_S`
 /// apart (from a random offset within the first gap), and decodes whatever it hears.
 async fn rust_user(
@@ -374,13 +388,7 @@ async fn rust_user(
     turns: usize,
     seed: u64,
 ) -> Result<(), HarnessError> {
-    let opts = rtc::ConnectOptions {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        ..Default::default()
-    };
-    let (room, mut events) = rtc::connect(&url, &token, opts)
-        .await
-        .map_err(|e| err(format!("user connect: {e}")))?;
+    let (room, mut events) = user_connect(&url, &token).await?;
     let (agent_tx, agent_rx) = tokio::sync::oneshot::channel();
     let listener = tokio::spawn(async move {
         let mut agent_tx = Some(agent_tx);
@@ -445,13 +453,7 @@ async fn rust_user(
 /// A room that arrives while the others talk: its user joins, waits until the
 /// agent's track reaches it, and leaves (its session then ends).
 async fn late_user(url: String, token: String) -> Result<(), HarnessError> {
-    let opts = rtc::ConnectOptions {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        ..Default::default()
-    };
-    let (room, mut events) = rtc::connect(&url, &token, opts)
-        .await
-        .map_err(|e| err(format!("late user connect: {e}")))?;
+    let (room, mut events) = user_connect(&url, &token).await?;
     let agent_track = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(ev) = events.recv().await {
             if let rtc::RoomEvent::TrackSubscribed(t) = ev
@@ -603,20 +605,12 @@ async fn one_size(
         )
     };
     let mut user_errors = Vec::new();
-    for u in rust_users {
+    for u in rust_users.into_iter().chain(late_users) {
         match tokio::time::timeout(Duration::from_secs(60), u).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => user_errors.push(e.to_string()),
             Ok(Err(e)) => user_errors.push(e.to_string()),
             Err(_) => user_errors.push("user never finished".into()),
-        }
-    }
-    for u in late_users {
-        match tokio::time::timeout(Duration::from_secs(40), u).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => user_errors.push(e.to_string()),
-            Ok(Err(e)) => user_errors.push(e.to_string()),
-            Err(_) => user_errors.push("late user never finished".into()),
         }
     }
     if !user_errors.is_empty() {
