@@ -71,6 +71,8 @@ const MAX_PENDING_DATA: usize = 1024;
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on closing a peer connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`nudge_driver`] may poke a publisher whose data channels do not open.
+const NUDGE_FOR: Duration = Duration::from_secs(2);
 /// Waiting for `TrackPublishedResponse`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -164,6 +166,8 @@ struct Session {
     lossy_open: bool,
     /// Data-channel reader tasks; aborted when the session is torn down.
     tasks: Vec<JoinHandle<()>>,
+    /// Pokes the publisher's driver until both data channels open ([`nudge_driver`]).
+    driver_nudge: Option<JoinHandle<()>>,
     pub_remote_set: bool,
     sub_remote_set: bool,
     pub_pending_candidates: Vec<RTCIceCandidateInit>,
@@ -179,7 +183,7 @@ struct Session {
 
 impl Session {
     async fn teardown(mut self) {
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.drain(..).chain(self.driver_nudge.take()) {
             t.abort();
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.publisher.close()).await;
@@ -314,13 +318,16 @@ pub(crate) async fn connect(
     }
 }
 
-/// webrtc-rs 0.21's driver queues the data channels' DCEP OPEN while it handles the
-/// SCTP handshake's completion, but sends it only on its next wake. When the SFU is
-/// the SCTP client, nothing else wakes it until a 200 ms SCTP timer, and the join
-/// waits that long (1 join in 10–20 on loopback). A configuration update with the
-/// same configuration is a no-op driver event: poke it every 10 ms for those 200 ms.
+/// webrtc-rs 0.21's driver queues what one pass produces (the data channels'
+/// DCEP OPEN, the publisher's Connected state) but acts on it only on its next
+/// wake. When the SFU is the SCTP client, nothing else wakes it until a 200 ms
+/// SCTP timer, and the join waited that long (1 join in 10–20 on loopback). A
+/// configuration update with the same configuration is a no-op driver event: from
+/// the answer on, poke it every 10 ms until both channels are open (the engine
+/// then aborts this), for at most [`NUDGE_FOR`].
 async fn nudge_driver(pc: Arc<dyn PeerConnection>) {
-    for _ in 0..20 {
+    let until = Instant::now() + NUDGE_FOR;
+    while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let config = pc.get_configuration().await;
         if pc.set_configuration(config).await.is_err() {
@@ -473,6 +480,7 @@ impl Engine {
             reliable_open: false,
             lossy_open: false,
             tasks,
+            driver_nudge: None,
             pub_remote_set: false,
             sub_remote_set: false,
             pub_pending_candidates: Vec::new(),
@@ -921,6 +929,9 @@ impl Engine {
                 let Some(s) = self.session.as_mut() else {
                     return Ok(Flow::Continue);
                 };
+                if !(s.reliable_open && s.lossy_open) && s.driver_nudge.is_none() {
+                    s.driver_nudge = Some(tokio::spawn(nudge_driver(s.publisher.clone())));
+                }
                 for c in std::mem::take(&mut s.pub_pending_candidates) {
                     if let Err(e) = s.publisher.add_ice_candidate(c).await {
                         tracing::debug!(error = %e, "publisher candidate rejected");
@@ -1146,14 +1157,6 @@ impl Engine {
                         if state == RTCPeerConnectionState::Failed {
                             return Some(format!("{target:?} peer connection failed"));
                         }
-                        if state == RTCPeerConnectionState::Connected
-                            && target == Target::Publisher
-                            && let Some(s) = self.session.as_mut()
-                            && !(s.reliable_open && s.lossy_open)
-                        {
-                            s.tasks
-                                .push(tokio::spawn(nudge_driver(s.publisher.clone())));
-                        }
                     }
                     PcEvent::Track(track) => self.on_remote_track(track).await,
                     PcEvent::DataChannel(dc) => {
@@ -1174,14 +1177,21 @@ impl Engine {
                 if Some(generation) != current {
                     return None;
                 }
-                if let Some(s) = self.session.as_mut() {
-                    if label == RELIABLE_LABEL {
-                        s.reliable_open = true;
-                        self.mark("reliable_open");
-                        self.joined();
-                    } else if label == LOSSY_LABEL {
-                        s.lossy_open = true;
-                    }
+                let s = self.session.as_mut()?;
+                if label == LOSSY_LABEL {
+                    s.lossy_open = true;
+                } else if label == RELIABLE_LABEL {
+                    s.reliable_open = true;
+                }
+                if s.reliable_open
+                    && s.lossy_open
+                    && let Some(nudge) = s.driver_nudge.take()
+                {
+                    nudge.abort();
+                }
+                if label == RELIABLE_LABEL {
+                    self.mark("reliable_open");
+                    self.joined();
                 }
                 self.flush_pending_data().await;
             }
