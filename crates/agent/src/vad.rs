@@ -129,9 +129,10 @@ const SETTLE_TIME: Duration = Duration::from_secs(1);
 const SETTLE_DELTA: f32 = 1e-3;
 
 /// Most of what a listening agent hears is digital silence. Once the model has
-/// scored enough of it and its score has stopped moving, more of it cannot
-/// change the score, so the model is not run on it: the same score is reused
-/// until anything louder comes.
+/// scored a second of it and its score moves by less than [`SETTLE_DELTA`] a
+/// window, it is not run on more of it: that score is reused until anything
+/// louder comes. The model then meets the next speech in the state a second of
+/// silence left it in, as silent as the state more silence would have.
 struct SettledSilence {
     /// Silent windows to score before the score may count as settled.
     settle_frames: u32,

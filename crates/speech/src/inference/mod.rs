@@ -194,10 +194,9 @@ pub(crate) fn query_escape(value: &str) -> String {
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// tungstenite zero-fills its whole read buffer (128 KiB by default) before every
-/// read, including each poll that finds nothing to read: with two sockets per
-/// session that was the worker's hottest function, and RSS it never needed. Our
-/// messages are small; a larger one just takes several reads.
+/// An 8 KiB read buffer: tungstenite zero-fills all of it (128 KiB by default)
+/// before every read, even a poll that finds nothing, which made it the worker's
+/// hottest function. A larger message just takes several reads.
 fn ws_config() -> tungstenite::protocol::WebSocketConfig {
     tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
