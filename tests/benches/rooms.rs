@@ -96,6 +96,8 @@ const ROOMS_PER_PROCESS: usize = 25;
 const LATE_ROOMS: usize = 10;
 const LATE_START_S: f64 = 4.0;
 const LATE_GAP_S: f64 = 1.5;
+/// What their room names have, and the others' do not.
+const LATE_ROOM: &str = "-late-";
 /// Seconds between one user's questions (start to start).
 const GAP_S: f64 = 8.0;
 const QUESTION: &str = "What is the capital of France?";
@@ -123,6 +125,14 @@ fn main() {
     }
 }
 
+/// The first number of `env_list`.
+fn env_usize(name: &str, default: usize) -> usize {
+    env_list(name, &default.to_string())
+        .first()
+        .copied()
+        .unwrap_or(default)
+}
+
 fn env_list(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -133,8 +143,8 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
 
 async fn run() -> Result<(), HarnessError> {
     let sizes = env_list("ROOMS", "1,10,50");
-    let users_nice = env_list("USERS_NICE", "10").first().copied().unwrap_or(10);
-    let turns = env_list("TURNS", "3").first().copied().unwrap_or(3);
+    let users_nice = env_usize("USERS_NICE", 10);
+    let turns = env_usize("TURNS", 3);
     let rust_users = std::env::var("USERS").is_ok_and(|v| v == "rust");
     let bin = voice_agent_bin()?;
     if !bin.to_string_lossy().contains("release") {
@@ -482,11 +492,7 @@ async fn one_size(
     answer: Arc<Vec<i16>>,
 ) -> Result<String, HarnessError> {
     let server = LiveKitServer::start().await?;
-    let server_nice = env_list("SERVER_NICE", &users_nice.to_string())
-        .first()
-        .copied()
-        .unwrap_or(users_nice);
-    renice(server.pid(), server_nice).await;
+    renice(server.pid(), env_usize("SERVER_NICE", users_nice)).await;
     let gw = gateway::Gateway::start(Arc::new(move |_: &str| answer.as_ref().clone())).await;
     // Every end of speech is answered with the question (plenty to spare).
     let script = vec![QUESTION; n * turns * 4];
@@ -527,9 +533,7 @@ async fn one_size(
             }
         }
         Users::Rust(question) => {
-            let arrival = Duration::from_millis(
-                env_list("ARRIVAL_MS", "20").first().copied().unwrap_or(20) as u64,
-            );
+            let arrival = Duration::from_millis(env_usize("ARRIVAL_MS", 20) as u64);
             for (i, room) in rooms.iter().enumerate() {
                 let token = token(&format!("user-{room}"), room)?;
                 rust_users.push(tokio::spawn(rust_user(
@@ -560,16 +564,13 @@ async fn one_size(
     let mut t1 = t0;
     // Rooms that arrive one at a time while all N talk: how long a new room waits
     // for its agent on a loaded worker (apart from the arrival storm above).
-    let late_rooms: Vec<String> = (0..LATE_ROOMS)
-        .map(|i| format!("bench-{n}-late-{i}"))
-        .collect();
     let mut late_users = Vec::new();
     while t0.elapsed() < Duration::from_secs_f64(duration - 1.0) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let due = ((t0.elapsed().as_secs_f64() - LATE_START_S) / LATE_GAP_S).floor();
         if due >= 0.0 && (due as usize) >= late_users.len() && late_users.len() < LATE_ROOMS {
-            let room = &late_rooms[late_users.len()];
-            let token = token(&format!("user-{room}"), room)?;
+            let room = format!("bench-{n}{LATE_ROOM}{}", late_users.len());
+            let token = token(&format!("user-{room}"), &room)?;
             late_users.push(tokio::spawn(late_user(server.url(), token)));
         }
         if let Some((cpu, rss)) = proc_usage(pid) {
@@ -643,7 +644,7 @@ async fn one_size(
         let f = fields(line);
         if line.contains("job assigned") {
             if let (Some(job), Some(t)) = (f.get("job"), log_time(line)) {
-                let late = f.get("room").is_some_and(|r| r.contains("-late-"));
+                let late = f.get("room").is_some_and(|r| r.contains(LATE_ROOM));
                 assigned.insert((*job).to_owned(), (t, late));
             }
         } else if line.contains("job running") {

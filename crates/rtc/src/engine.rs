@@ -362,8 +362,10 @@ impl Engine {
         }
     }
 
-    /// The first join is done: log its steps, in ms from the start.
+    /// The reliable channel is open: the first join is done. Logs its steps, in ms
+    /// from the start.
     fn joined(&mut self) {
+        self.mark("reliable_open");
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
             let marks = std::mem::take(&mut self.join_marks);
@@ -929,6 +931,7 @@ impl Engine {
         }
         match msg {
             Resp::Answer(a) => {
+                self.mark("answer");
                 let Some(s) = self.session.as_mut() else {
                     return Ok(Flow::Continue);
                 };
@@ -936,10 +939,6 @@ impl Engine {
                 s.publisher.set_remote_description(desc).await?;
                 s.pub_remote_set = true;
                 s.awaiting_answer = false;
-                self.mark("answer");
-                let Some(s) = self.session.as_mut() else {
-                    return Ok(Flow::Continue);
-                };
                 for c in std::mem::take(&mut s.pub_pending_candidates) {
                     if let Err(e) = s.publisher.add_ice_candidate(c).await {
                         tracing::debug!(error = %e, "publisher candidate rejected");
@@ -1195,10 +1194,11 @@ impl Engine {
                     return None;
                 }
                 let s = self.session.as_mut()?;
-                if label == LOSSY_LABEL {
-                    s.lossy_open = true;
-                } else if label == RELIABLE_LABEL {
+                let reliable = label == RELIABLE_LABEL;
+                if reliable {
                     s.reliable_open = true;
+                } else if label == LOSSY_LABEL {
+                    s.lossy_open = true;
                 }
                 if s.reliable_open
                     && s.lossy_open
@@ -1206,8 +1206,7 @@ impl Engine {
                 {
                     nudge.abort();
                 }
-                if label == RELIABLE_LABEL {
-                    self.mark("reliable_open");
+                if reliable {
                     self.joined();
                 }
                 self.flush_pending_data().await;
