@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::ToolSet;
 use agent::session::{SessionOptions, Stages};
 use agent::stage::{
     ErrorKind, JobContext, Llm, LlmRequest, LlmStream, StageError, Stt, SttStream, VadFactory,
@@ -88,7 +87,6 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
             tts: None,
             vad: Some(Arc::new(BuggyVad)),
             turn_detector: None,
-            tools: ToolSet::new(),
         },
         options: SessionOptions::default(),
         output_rate: 48_000,

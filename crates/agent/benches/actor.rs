@@ -151,7 +151,6 @@ async fn one_session(turns: usize) -> (Vec<Duration>, Vec<Duration>) {
             tts: Some(Arc::new(InstantTts)),
             vad: Some(Arc::new(QuietVad)),
             turn_detector: None,
-            tools: ToolSet::new(),
         },
         SessionOptions::default(),
         AudioIo {

@@ -3,8 +3,10 @@
 //! and traits — so its timing logic runs under tokio's paused clock in tests.
 //!
 //! # Layout
+//! - [`agents`]: [`Agent`] — instructions, tools, an LLM of its own, hooks.
+//! - [`tool`]: the [`Tool`] trait, typed tools ([`tool()`]), their context and output.
 //! - [`audio`]: the PCM frame type and resampling between stage rates.
-//! - [`chat`]: the chat context, tool calls and the tools a session offers.
+//! - [`chat`]: the chat history, tool calls, and the bound on what is kept.
 //! - [`stage`]: the traits STT, LLM, TTS, VAD and end-of-turn engines implement.
 //! - [`vad`]: per-frame voice scores → speech start, progress and end.
 //! - [`turn`]: the turn-taking state machine (pure: events in, actions out).
@@ -12,30 +14,41 @@
 //! - [`playout`]: the agent's outgoing audio queue: pause, clear, what was played.
 //! - [`clock`]: real time, or media time for files processed faster than real time.
 //! - [`session`]: the session actor that ties them together.
-//! - `reply` (private): one reply's LLM → TTS → playout task.
+//! - `reply` (private): one reply's task: LLM steps, tools, TTS, playout.
+//! - `ledger` (private): one reply's bookkeeping (pure): parts, calls and
+//!   results, what was heard, what the history keeps, the turn's metrics.
 
+pub mod agents;
 pub mod audio;
 pub mod chat;
 pub mod clock;
+mod ledger;
 pub mod playout;
 mod reply;
 pub mod sentence;
 pub mod session;
 pub mod stage;
+pub mod tool;
 pub mod turn;
 pub mod vad;
 
 pub use audio::{AudioFrame, FrameConverter, Resampler};
-pub use chat::{ChatContext, ChatMessage, Role, Tool, ToolCall, ToolSet, ToolSpec};
+pub use agents::{Agent, LlmOptions, ToolChoice};
+pub use chat::{ChatContext, ChatMessage, HistoryLimit, Role, ToolCall};
 pub use clock::{Clock, MediaClockDriver};
 pub use playout::{PlaybackEvent, Playout, PlayoutControl, PlayoutReader, PlayoutWriter, playout};
 pub use session::{
-    AudioIo, SessionClosed, SessionEvent, SessionHandle, SessionOptions, Stages, TurnMetrics,
+    AudioIo, SessionClosed, SessionEvent, SessionHandle, SessionOptions, SpeechDone, SpeechHandle,
+    Stages, ToolOptions, TurnMetrics,
 };
 pub use stage::{
-    ErrorKind, JobContext, Llm, LlmChunk, LlmRequest, LlmStream, StageError, Stt, SttEvent,
-    SttInput, SttStream, Transcript, Tts, TtsAudio, TtsInput, TtsStream, TurnDetector, TurnInput,
-    Usage, VadFactory, VadModel,
+    ErrorKind, JobContext, Llm, LlmChunk, LlmRequest, LlmStream, Participant, StageError, Stt,
+    SttEvent, SttInput, SttStream, Transcript, Tts, TtsAudio, TtsInput, TtsStream, TurnDetector,
+    TurnInput, Usage, VadFactory, VadModel,
+};
+pub use tool::{
+    FunctionTool, NoArgs, SessionContext, Tool, ToolContext, ToolError, ToolOutput, ToolProvider,
+    ToolSet, ToolSnapshot, ToolSpec, Userdata, tool,
 };
 pub use turn::{AgentState, ReplyId, TurnOptions};
 pub use vad::{VadEvent, VadOptions};

@@ -11,8 +11,12 @@
 //!
 //! A clear bumps the current generation: queued frames of older generations
 //! are dropped when the reader reaches them, so clearing never waits behind
-//! the queue. Events go through a small mutex-guarded deque (at most two per
-//! generation), so the sink never blocks on the session.
+//! the queue. Events go through a small mutex-guarded deque (two per
+//! generation and one per part), so the sink never blocks on the session.
+//!
+//! A reply's audio comes in *parts* (each LLM step's text, each `say` of a
+//! tool): frames carry their part, and what was played is accounted per part,
+//! so the session knows what of each part the user heard.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,12 +31,17 @@ use crate::audio::{AudioFrame, duration_of};
 pub enum PlaybackEvent {
     /// The first frame of generation `generation` went to the sink.
     Started { generation: u64 },
+    /// Every frame of `part` was played (a later part began, or the
+    /// generation ended).
+    PartPlayed { generation: u64, part: u32 },
     /// Generation `generation` is over: played to its end, or cleared.
     Finished {
         generation: u64,
         played: Duration,
         /// The text of the frames that were played.
         text: String,
+        /// The same text by part, in play order.
+        parts: Vec<(u32, String)>,
         interrupted: bool,
     },
 }
@@ -48,6 +57,7 @@ pub enum Playout {
 enum Item {
     Audio {
         generation: u64,
+        part: u32,
         frame: AudioFrame,
         text: String,
     },
@@ -65,9 +75,9 @@ struct Shared {
     events: Mutex<VecDeque<PlaybackEvent>>,
     /// Wakes the session when an event is queued.
     event_ready: Notify,
-    /// The generation being played and its text so far, for a session that
-    /// must know what was heard before the sink reports the end.
-    played: Mutex<(u64, String)>,
+    /// The generation being played and its text so far by part, for a
+    /// session that must know what was heard before the sink reports the end.
+    played: Mutex<(u64, Vec<(u32, String)>)>,
 }
 
 impl Shared {
@@ -92,7 +102,7 @@ pub fn playout(
         wake: Notify::new(),
         events: Mutex::new(VecDeque::new()),
         event_ready: Notify::new(),
-        played: Mutex::new((0, String::new())),
+        played: Mutex::new((0, Vec::new())),
     });
     (
         PlayoutWriter {
@@ -127,16 +137,19 @@ impl PlayoutWriter {
         self.shared.sample_rate
     }
 
-    /// Queues a frame; waits while the queue is full.
+    /// Queues a frame of `part` and the text it speaks; waits while the
+    /// queue is full.
     pub async fn push(
         &self,
         generation: u64,
+        part: u32,
         frame: AudioFrame,
         text: String,
     ) -> Result<(), PlayoutClosed> {
         self.tx
             .send(Item::Audio {
                 generation,
+                part,
                 frame,
                 text,
             })
@@ -184,8 +197,9 @@ impl PlayoutControl {
         self.shared.wake.notify_one();
     }
 
-    /// The text played so far of `generation` (empty if none of it played).
-    pub fn played_text(&self, generation: u64) -> String {
+    /// The text played so far of `generation`, by part (empty if none of it
+    /// played).
+    pub fn played_parts(&self, generation: u64) -> Vec<(u32, String)> {
         self.shared
             .played
             .lock()
@@ -215,6 +229,8 @@ struct Active {
     generation: u64,
     samples: usize,
     text: String,
+    /// Played text by part, in play order; the last entry is the part playing.
+    parts: Vec<(u32, String)>,
 }
 
 /// The sink's end.
@@ -301,37 +317,71 @@ impl PlayoutReader {
         match item {
             Item::Audio {
                 generation,
+                part,
                 frame,
                 text,
             } if generation == current => {
                 let active = self.active.get_or_insert_with(|| {
                     if let Ok(mut p) = self.shared.played.lock() {
-                        *p = (generation, String::new());
+                        *p = (generation, Vec::new());
                     }
                     self.shared.emit(PlaybackEvent::Started { generation });
                     Active {
                         generation,
                         samples: 0,
                         text: String::new(),
+                        parts: Vec::new(),
                     }
                 });
                 active.samples += frame.samples_per_channel();
+                let last = active.parts.last().map(|(p, _)| *p);
+                let new_part = last != Some(part);
+                if new_part {
+                    if let Some(done) = last {
+                        self.shared.emit(PlaybackEvent::PartPlayed {
+                            generation,
+                            part: done,
+                        });
+                    }
+                    active.parts.push((part, String::new()));
+                }
                 if !text.is_empty() {
                     active.text.push_str(&text);
-                    if let Ok(mut p) = self.shared.played.lock() {
-                        p.1.push_str(&text);
+                    if let Some((_, t)) = active.parts.last_mut() {
+                        t.push_str(&text);
+                    }
+                }
+                if (new_part || !text.is_empty())
+                    && let Ok(mut p) = self.shared.played.lock()
+                {
+                    if new_part {
+                        p.1.push((part, String::new()));
+                    }
+                    if let Some((_, t)) = p.1.last_mut() {
+                        t.push_str(&text);
                     }
                 }
                 Some(Playout::Frame(frame))
             }
             Item::End { generation } if generation == current => {
-                if self.active.is_none() {
-                    // A reply with no audio at all still ends.
-                    self.active = Some(Active {
-                        generation,
-                        samples: 0,
-                        text: String::new(),
-                    });
+                match &self.active {
+                    Some(a) => {
+                        if let Some((part, _)) = a.parts.last() {
+                            self.shared.emit(PlaybackEvent::PartPlayed {
+                                generation,
+                                part: *part,
+                            });
+                        }
+                    }
+                    None => {
+                        // A reply with no audio at all still ends.
+                        self.active = Some(Active {
+                            generation,
+                            samples: 0,
+                            text: String::new(),
+                            parts: Vec::new(),
+                        });
+                    }
                 }
                 self.finish(false);
                 None
@@ -346,6 +396,7 @@ impl PlayoutReader {
                 generation: a.generation,
                 played: duration_of(a.samples, self.shared.sample_rate),
                 text: a.text,
+                parts: a.parts,
                 interrupted,
             });
         }
@@ -369,11 +420,15 @@ mod tests {
     async fn played_text_is_what_the_sink_took_before_the_clear() {
         let (w, c, mut r) = playout(1000, 16);
         let g = c.begin();
-        for word in ["one ", "two ", "three ", "four"] {
-            w.push(g, frame(100), word.into()).await.expect("push");
+        for (part, word) in [(0, "one "), (1, "two "), (1, "three "), (2, "four")] {
+            w.push(g, part, frame(100), word.into()).await.expect("push");
         }
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
+        assert_eq!(
+            c.played_parts(g),
+            vec![(0, "one ".to_string()), (1, "two ".to_string())]
+        );
         c.clear();
         assert!(matches!(r.recv().await, Some(Playout::Cleared)));
         assert_eq!(
@@ -382,16 +437,24 @@ mod tests {
         );
         assert_eq!(
             c.try_event(),
+            Some(PlaybackEvent::PartPlayed {
+                generation: g,
+                part: 0
+            })
+        );
+        assert_eq!(
+            c.try_event(),
             Some(PlaybackEvent::Finished {
                 generation: g,
                 played: Duration::from_millis(200),
                 text: "one two ".into(),
+                parts: vec![(0, "one ".into()), (1, "two ".into())],
                 interrupted: true
             })
         );
         // The rest of the old generation is never played.
         let g2 = c.begin();
-        w.push(g2, frame(10), "new".into()).await.expect("push");
+        w.push(g2, 0, frame(10), "new".into()).await.expect("push");
         match r.recv().await {
             Some(Playout::Frame(f)) => assert_eq!(f.samples.len(), 10),
             other => panic!("unexpected {other:?}"),
@@ -402,7 +465,7 @@ mod tests {
     async fn pause_holds_frames_and_resume_releases_them() {
         let (w, c, mut r) = playout(1000, 16);
         let g = c.begin();
-        w.push(g, frame(10), "a".into()).await.expect("push");
+        w.push(g, 0, frame(10), "a".into()).await.expect("push");
         c.pause();
         assert!(r.try_recv().is_none());
         c.resume();
@@ -410,6 +473,13 @@ mod tests {
         w.end(g).await.expect("end");
         assert!(r.try_recv().is_none());
         let _ = c.try_event();
+        assert_eq!(
+            c.try_event(),
+            Some(PlaybackEvent::PartPlayed {
+                generation: g,
+                part: 0
+            })
+        );
         assert!(matches!(
             c.try_event(),
             Some(PlaybackEvent::Finished {

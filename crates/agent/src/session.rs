@@ -1,23 +1,28 @@
 //! The session actor: one per conversation. A private task owns the turn
-//! machine, the chat context, the stage streams and the reply in progress; a
-//! cloneable [`SessionHandle`] talks to it over a bounded channel.
+//! machine, the chat history, the agent in charge, the stage streams and the
+//! reply in progress (with its [`Ledger`]); a cloneable [`SessionHandle`]
+//! talks to it over a bounded channel.
 //!
 //! Tasks and who stops them:
-//! - the session task: ends when every handle is dropped (cancelling
-//!   everything at once), or after [`SessionHandle::drain`] once the current
-//!   reply is over; its `JoinHandle` is returned by [`start`];
+//! - the session task: ends when every handle its owner holds is dropped
+//!   (cancelling everything at once), or after [`SessionHandle::drain`] once
+//!   the current reply is over; its `JoinHandle` is returned by [`start`].
+//!   Handles given to tools and hooks do not keep it alive;
 //! - the audio input task (VAD, STT feeding): owned by the session task,
 //!   aborted when it ends; it also ends when the audio source closes;
 //! - the STT stream's task: ends when the input task drops its sender;
-//! - the reply task: aborted on interruption or when the session ends;
-//! - end-of-turn predictions: aborted when stale or when the session ends.
+//! - the reply task (LLM steps, tools, TTS): aborted on interruption or when
+//!   the session ends; aborting it cancels its running tools;
+//! - end-of-turn predictions: aborted when stale or when the session ends;
+//! - `on_enter` hooks: in a set the session task aborts when it ends.
 //!
-//! A panic in a child task (a stage implementation's bug) ends the session:
-//! the children are stopped, then the panic is resumed on the session task, so
-//! whoever owns it (a worker job) sees a panicked task and fails that one job.
+//! A panic in a stage (a child task) ends the session: the children are
+//! stopped, then the panic is resumed on the session task, so whoever owns it
+//! (a worker job) sees a panicked task and fails that one job. A panicking
+//! tool is that tool's error; a panicking hook is logged.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -25,24 +30,28 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
+use crate::agents::Agent;
 use crate::audio::{AudioFrame, FrameConverter, duration_of};
-use crate::chat::{ChatContext, ChatMessage, ToolSet};
+use crate::chat::{ChatContext, ChatMessage, HistoryLimit, ToolCall};
 use crate::clock::Clock;
+use crate::ledger::{Heard, Ledger, PartId, Record};
 use crate::playout::{PlaybackEvent, PlayoutControl, PlayoutWriter};
-use crate::reply::{self, ReplyEvent, ReplyJob};
+use crate::reply::{self, ReplyEvent, ReplyJob, ReplyKind, ReplyScope, ScopedSay};
 use crate::stage::{
-    JobContext, Llm, StageError, Stt, SttEvent, SttInput, Tts, TurnDetector, TurnInput, Usage,
+    JobContext, Llm, StageError, Stt, SttEvent, SttInput, Tts, TurnDetector, TurnInput,
     VadFactory,
 };
+use crate::tool::{SessionContext, Userdata};
 use crate::turn::{Action, AgentState, Input, ReplyId, TurnMachine, TurnOptions, TurnTiming};
 use crate::vad::{VadEvent, VadOptions, VoiceDetector};
 
 /// The engines a session runs on.
 #[derive(Clone)]
 pub struct Stages {
+    /// The LLM of agents that bring none of their own.
     pub llm: Arc<dyn Llm>,
     /// `None`: text only (typed turns).
     pub stt: Option<Arc<dyn Stt>>,
@@ -51,33 +60,67 @@ pub struct Stages {
     /// Needed with audio input.
     pub vad: Option<Arc<dyn VadFactory>>,
     pub turn_detector: Option<Arc<dyn TurnDetector>>,
-    pub tools: ToolSet,
+}
+
+/// How tool calls run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolOptions {
+    /// The longest a call may run, for tools that set no timeout of their
+    /// own; the timeout is then the call's result.
+    pub timeout: Duration,
+    /// Calls of one step that run; the model is told the others were not.
+    pub max_calls_per_step: usize,
+    /// A longer result is cut (on a character boundary) before the model
+    /// reads it.
+    pub max_result_chars: usize,
+}
+
+impl Default for ToolOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_calls_per_step: 8,
+            max_result_chars: 16_000,
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct SessionOptions {
-    pub instructions: String,
+    /// The agent in charge at the start.
+    pub agent: Agent,
+    /// The session's own data, for tools and hooks.
+    pub userdata: Userdata,
     pub turn: TurnOptions,
     pub vad: VadOptions,
-    /// Tool-call rounds per reply before the reply is cut off.
+    /// Tool-call rounds per reply; the answer after the last one is words only.
     pub max_tool_steps: usize,
+    pub tools: ToolOptions,
+    pub history: HistoryLimit,
     pub job: JobContext,
     /// Spoken when the LLM fails before saying anything; empty: say nothing.
     pub error_message: String,
     pub clock: Clock,
+    /// Run the agent's `on_enter` only on [`SessionHandle::enter`] (a room
+    /// job waits until the user can hear it), not at once.
+    pub defer_enter: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
-            instructions: String::new(),
+            agent: Agent::default(),
+            userdata: Userdata::default(),
             turn: TurnOptions::default(),
             vad: VadOptions::default(),
             max_tool_steps: 3,
+            tools: ToolOptions::default(),
+            history: HistoryLimit::default(),
             job: JobContext::default(),
             error_message: "Sorry, I can't answer right now. Please try again in a moment."
                 .to_string(),
             clock: Clock::realtime(),
+            defer_enter: false,
         }
     }
 }
@@ -108,11 +151,12 @@ pub struct TurnMetrics {
     pub sentence_to_tts: Vec<Duration>,
     /// User speech end (or the typed turn) → agent audio started.
     pub end_to_end: Option<Duration>,
-    pub usage: Usage,
+    pub usage: crate::stage::Usage,
     pub interrupted: bool,
 }
 
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum SessionEvent {
     AgentState(AgentState),
     UserSpeaking(bool),
@@ -125,7 +169,7 @@ pub enum SessionEvent {
         reply: ReplyId,
         text: String,
     },
-    /// Reply text as it is generated.
+    /// Reply text as it is generated (and what tools say, as it is queued).
     AgentText {
         reply: ReplyId,
         delta: String,
@@ -137,6 +181,21 @@ pub enum SessionEvent {
         text: String,
         interrupted: bool,
     },
+    /// The model asked for these tools.
+    ToolCalls {
+        reply: ReplyId,
+        calls: Vec<ToolCall>,
+    },
+    /// A tool call's result, as the model reads it.
+    ToolResult {
+        reply: ReplyId,
+        call_id: String,
+        output: String,
+    },
+    /// This agent is now in charge (a handoff, or `update_agent`).
+    AgentChanged {
+        agent: String,
+    },
     Metrics(TurnMetrics),
     /// A stage failed; the session goes on.
     Error {
@@ -145,16 +204,77 @@ pub enum SessionEvent {
     },
 }
 
+/// How a speech ended: what the user heard of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpeechDone {
+    pub heard: String,
+    pub interrupted: bool,
+}
+
+impl SpeechDone {
+    fn dropped() -> Self {
+        Self {
+            heard: String::new(),
+            interrupted: true,
+        }
+    }
+}
+
+/// A speech the session was asked for ([`SessionHandle::say`],
+/// [`SessionHandle::generate_reply`]). Dropping it changes nothing.
+#[derive(Debug)]
+pub struct SpeechHandle {
+    done: oneshot::Receiver<SpeechDone>,
+}
+
+impl SpeechHandle {
+    /// Waits until the speech is over: played to its end, interrupted, or
+    /// dropped unplayed (a user turn came first).
+    pub async fn wait(self) -> Result<SpeechDone, SessionClosed> {
+        self.done.await.map_err(|_| SessionClosed)
+    }
+}
+
 enum Command {
     UserText(String),
-    ChatContext(oneshot::Sender<ChatContext>),
+    Speak {
+        kind: ReplyKind,
+        allow_interruptions: bool,
+        done: oneshot::Sender<SpeechDone>,
+    },
+    Interrupt,
+    History(oneshot::Sender<ChatContext>),
+    UpdateAgent(Agent),
+    Enter,
     Drain(oneshot::Sender<()>),
 }
 
-/// Talks to a session. The session ends when the last handle is dropped.
+/// Talks to a session. The session ends when the last handle its owner holds
+/// is dropped; the handles tools and hooks get do not keep it alive.
 #[derive(Clone)]
 pub struct SessionHandle {
-    commands: mpsc::Sender<Command>,
+    commands: CommandSender,
+    /// Set for a tool's handle: its `say` is spoken within the tool's reply.
+    scope: Option<ReplyScope>,
+}
+
+#[derive(Clone)]
+enum CommandSender {
+    /// The owner's: keeps the session alive.
+    Owner(mpsc::Sender<Command>),
+    /// Code running inside the session (tools, hooks).
+    Inside(mpsc::WeakSender<Command>),
+}
+
+impl CommandSender {
+    async fn send(&self, command: Command) -> Result<(), SessionClosed> {
+        let sender = match self {
+            CommandSender::Owner(tx) => tx.clone(),
+            CommandSender::Inside(weak) => weak.upgrade().ok_or(SessionClosed)?,
+        };
+        sender.send(command).await.map_err(|_| SessionClosed)
+    }
 }
 
 /// The session task is gone.
@@ -163,31 +283,116 @@ pub struct SessionHandle {
 pub struct SessionClosed;
 
 impl SessionHandle {
-    /// A typed user turn, committed at once.
-    pub async fn user_text(&self, text: impl Into<String>) -> Result<(), SessionClosed> {
-        self.commands
-            .send(Command::UserText(text.into()))
-            .await
-            .map_err(|_| SessionClosed)
+    /// A handle to no session: every call answers [`SessionClosed`].
+    pub fn detached() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        Self {
+            commands: CommandSender::Inside(tx.downgrade()),
+            scope: None,
+        }
     }
 
-    pub async fn chat_context(&self) -> Result<ChatContext, SessionClosed> {
-        let (tx, rx) = oneshot::channel();
+    /// A handle of the same session for code running inside it.
+    fn inside(commands: &mpsc::WeakSender<Command>) -> Self {
+        Self {
+            commands: CommandSender::Inside(commands.clone()),
+            scope: None,
+        }
+    }
+
+    pub(crate) fn scoped(&self, scope: ReplyScope) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            scope: Some(scope),
+        }
+    }
+
+    /// A typed user turn, committed at once (it interrupts the agent).
+    pub async fn user_text(&self, text: impl Into<String>) -> Result<(), SessionClosed> {
+        self.commands.send(Command::UserText(text.into())).await
+    }
+
+    /// Speaks `text` as is and keeps it in the history. From a tool, while
+    /// its reply's tools run, it is spoken at once, within that reply; else
+    /// it is queued behind the reply in progress. `allow_interruptions`:
+    /// whether the user's speech may cut it short.
+    pub async fn say(
+        &self,
+        text: impl Into<String>,
+        allow_interruptions: bool,
+    ) -> Result<SpeechHandle, SessionClosed> {
+        let text = text.into();
+        let (done, rx) = oneshot::channel();
+        let done = match &self.scope {
+            Some(scope) if scope.open.load(std::sync::atomic::Ordering::SeqCst) => {
+                match scope.says.try_send(ScopedSay { text, done }) {
+                    Ok(()) => return Ok(SpeechHandle { done: rx }),
+                    // Closed or full: the reply is past its tools.
+                    Err(mpsc::error::TrySendError::Full(say))
+                    | Err(mpsc::error::TrySendError::Closed(say)) => (say.text, say.done),
+                }
+            }
+            _ => (text, done),
+        };
         self.commands
-            .send(Command::ChatContext(tx))
-            .await
-            .map_err(|_| SessionClosed)?;
+            .send(Command::Speak {
+                kind: ReplyKind::Say(done.0),
+                allow_interruptions,
+                done: done.1,
+            })
+            .await?;
+        Ok(SpeechHandle { done: rx })
+    }
+
+    /// A reply without a user turn (e.g. a greeting, or after a handoff),
+    /// queued behind the reply in progress. `instructions` are added to the
+    /// agent's for this reply only ("" adds none).
+    pub async fn generate_reply(
+        &self,
+        instructions: impl Into<String>,
+    ) -> Result<SpeechHandle, SessionClosed> {
+        let instructions = instructions.into();
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Speak {
+                kind: ReplyKind::Generate((!instructions.trim().is_empty()).then_some(instructions)),
+                allow_interruptions: true,
+                done,
+            })
+            .await?;
+        Ok(SpeechHandle { done: rx })
+    }
+
+    /// Cuts the reply in progress short (even one that disallows
+    /// interruptions) and drops the queued ones.
+    pub async fn interrupt(&self) -> Result<(), SessionClosed> {
+        self.commands.send(Command::Interrupt).await
+    }
+
+    /// The chat history as the next request would carry it.
+    pub async fn history(&self) -> Result<ChatContext, SessionClosed> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::History(tx)).await?;
         rx.await.map_err(|_| SessionClosed)
+    }
+
+    /// Puts `agent` in charge: the history carries over, its instructions
+    /// and tools apply from the next request, and its `on_enter` runs.
+    pub async fn update_agent(&self, agent: Agent) -> Result<(), SessionClosed> {
+        self.commands.send(Command::UpdateAgent(agent)).await
+    }
+
+    /// Runs the agent's `on_enter`, for a session started with
+    /// [`SessionOptions::defer_enter`]; once.
+    pub async fn enter(&self) -> Result<(), SessionClosed> {
+        self.commands.send(Command::Enter).await
     }
 
     /// Stops taking turns; resolves once the reply in progress (if any) is
     /// over and the session has ended.
     pub async fn drain(&self) -> Result<(), SessionClosed> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Drain(tx))
-            .await
-            .map_err(|_| SessionClosed)?;
+        self.commands.send(Command::Drain(tx)).await?;
         rx.await.map_err(|_| SessionClosed)
     }
 }
@@ -201,8 +406,16 @@ pub fn start(
 ) -> (SessionHandle, mpsc::Receiver<SessionEvent>, JoinHandle<()>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(32);
     let (event_tx, event_rx) = mpsc::channel(256);
-    let task = tokio::spawn(run(stages, options, audio, cmd_rx, event_tx));
-    (SessionHandle { commands: cmd_tx }, event_rx, task)
+    let inside = cmd_tx.downgrade();
+    let task = tokio::spawn(run(stages, options, audio, cmd_rx, inside, event_tx));
+    (
+        SessionHandle {
+            commands: CommandSender::Owner(cmd_tx),
+            scope: None,
+        },
+        event_rx,
+        task,
+    )
 }
 
 /// Audio the end-of-turn detector may look at: the last 8 s at 16 kHz.
@@ -224,7 +437,7 @@ impl TurnAudio {
 }
 
 /// What the input task tells the session: a VAD event, at session time.
-struct Heard {
+struct VoiceEvent {
     event: VadEvent,
     at: Instant,
 }
@@ -247,19 +460,26 @@ fn spawn_child(
     })
 }
 
+/// The reply in progress.
 struct ActiveReply {
-    id: ReplyId,
     task: JoinHandle<()>,
     generation: Option<u64>,
-    /// Text of the reply's final step so far.
-    text: String,
-    generated: Option<String>,
-    playback_started: bool,
+    ledger: Ledger,
+    /// Interrupted: its events are ignored, its end is awaited.
     cancelled: bool,
-    timing: TurnTiming,
-    metrics: TurnMetrics,
-    llm_request_at: Option<Instant>,
-    first_tts_request: Option<Instant>,
+    /// The handle of a `say`/`generate_reply` that asked for this reply.
+    done: Option<oneshot::Sender<SpeechDone>>,
+    /// Tools' `say`s within it, by part, not yet played.
+    waiters: Vec<(PartId, oneshot::Sender<SpeechDone>)>,
+    /// The part whose text was shown last (text deltas of a new part get a
+    /// space before them).
+    shown_part: Option<PartId>,
+}
+
+/// A speech waiting in the turn machine's queue.
+struct Queued {
+    kind: ReplyKind,
+    done: oneshot::Sender<SpeechDone>,
 }
 
 struct Actor {
@@ -267,9 +487,12 @@ struct Actor {
     options: SessionOptions,
     machine: TurnMachine,
     chat: ChatContext,
+    agent: Agent,
+    job: Arc<JobContext>,
     events: mpsc::Sender<SessionEvent>,
     output: Option<(PlayoutWriter, PlayoutControl)>,
     reply: Option<ActiveReply>,
+    queued: HashMap<ReplyId, Queued>,
     /// Replies report here, tagged with their id; stale ids are ignored.
     reply_tx: mpsc::Sender<(ReplyId, ReplyEvent)>,
     eou_tx: mpsc::Sender<(u64, Result<f32, StageError>)>,
@@ -277,6 +500,11 @@ struct Actor {
     turn_audio: Arc<Mutex<TurnAudio>>,
     draining: Option<oneshot::Sender<()>>,
     panics: mpsc::Sender<Panic>,
+    /// For the handles of tools and hooks (they do not keep the session alive).
+    inside: mpsc::WeakSender<Command>,
+    /// Running `on_enter` hooks; aborted when the session ends.
+    hooks: JoinSet<()>,
+    entered: bool,
 }
 
 async fn run(
@@ -284,12 +512,13 @@ async fn run(
     options: SessionOptions,
     audio: AudioIo,
     mut commands: mpsc::Receiver<Command>,
+    inside: mpsc::WeakSender<Command>,
     events: mpsc::Sender<SessionEvent>,
 ) {
     let clock = options.clock.clone();
     let (reply_tx, mut reply_rx) = mpsc::channel(64);
     let (eou_tx, mut eou_rx) = mpsc::channel(4);
-    let (heard_tx, mut heard_rx) = mpsc::channel::<Heard>(64);
+    let (heard_tx, mut heard_rx) = mpsc::channel::<VoiceEvent>(64);
     let (panic_tx, mut panic_rx) = mpsc::channel::<Panic>(1);
     let turn_audio = Arc::new(Mutex::new(TurnAudio {
         samples: VecDeque::new(),
@@ -345,22 +574,32 @@ async fn run(
         _ => None,
     };
 
+    let agent = options.agent.clone();
     let mut actor = Actor {
         machine: TurnMachine::new(options.turn.clone(), stages.turn_detector.is_some()),
-        chat: ChatContext::with_instructions(&options.instructions),
+        chat: ChatContext::with_instructions(agent.instructions()),
+        agent,
+        job: Arc::new(options.job.clone()),
         stages,
         options,
         events,
         output: audio.output,
         reply: None,
+        queued: HashMap::new(),
         reply_tx,
         eou_tx,
         eou_task: None,
         turn_audio,
         draining: None,
         panics: panic_tx,
+        inside,
+        hooks: JoinSet::new(),
+        entered: false,
     };
     actor.machine.start();
+    if !actor.options.defer_enter {
+        actor.enter(false);
+    }
     actor.apply_actions().await;
 
     let mut panicked = None;
@@ -370,19 +609,13 @@ async fn run(
         tokio::select! {
             command = commands.recv() => match command {
                 None => break, // every handle is gone
-                Some(Command::UserText(text)) => {
-                    let now = clock.now();
-                    actor.machine.handle_input(now, Input::UserText { text });
-                }
-                Some(Command::ChatContext(reply)) => {
-                    let _ = reply.send(actor.chat.clone());
-                }
                 Some(Command::Drain(done)) => {
                     actor.draining = Some(done);
                     if actor.reply.is_none() {
                         break;
                     }
                 }
+                Some(command) => actor.on_command(command),
             },
             Some(heard) = heard_rx.recv() => actor.on_heard(heard),
             event = recv_opt(&mut stt_events) => match event {
@@ -421,9 +654,13 @@ async fn run(
         task.abort();
         let _ = task.await;
     }
+    actor.hooks.shutdown().await;
     drop(stt_events);
     if let Some(payload) = panicked {
         std::panic::resume_unwind(payload);
+    }
+    for (_, queued) in actor.queued.drain() {
+        let _ = queued.done.send(SpeechDone::dropped());
     }
     if let Some(done) = actor.draining.take() {
         let _ = done.send(());
@@ -462,7 +699,7 @@ async fn listen(
     mut vad: VoiceDetector,
     stt: Option<(mpsc::Sender<SttInput>, u32)>,
     turn_audio: Arc<Mutex<TurnAudio>>,
-    heard: mpsc::Sender<Heard>,
+    heard: mpsc::Sender<VoiceEvent>,
     clock: Clock,
 ) {
     let mut to_stt = stt.as_ref().map(|(_, rate)| FrameConverter::new(*rate));
@@ -521,7 +758,7 @@ async fn listen(
             let at = now
                 .checked_sub(position.saturating_sub(stream_at))
                 .unwrap_or(now);
-            if heard.send(Heard { event, at }).await.is_err() {
+            if heard.send(VoiceEvent { event, at }).await.is_err() {
                 return;
             }
         }
@@ -535,8 +772,87 @@ impl Actor {
         let _ = self.events.send(event).await;
     }
 
-    fn on_heard(&mut self, heard: Heard) {
-        let Heard { event, at } = heard;
+    fn context(&self) -> SessionContext {
+        SessionContext::new(
+            SessionHandle::inside(&self.inside),
+            self.options.userdata.clone(),
+            self.job.clone(),
+        )
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.options.clock.now();
+        match command {
+            Command::UserText(text) => self.machine.handle_input(now, Input::UserText { text }),
+            Command::Speak {
+                kind,
+                allow_interruptions,
+                done,
+            } => {
+                if self.draining.is_some() {
+                    let _ = done.send(SpeechDone::dropped());
+                    return;
+                }
+                let id = self.machine.queue_reply(allow_interruptions);
+                self.queued.insert(id, Queued { kind, done });
+            }
+            Command::Interrupt => self.machine.interrupt(),
+            Command::History(reply) => {
+                let _ = reply.send(self.chat.clone());
+            }
+            Command::UpdateAgent(agent) => self.switch_agent(agent),
+            Command::Enter => self.enter(false),
+            // Handled by the loop.
+            Command::Drain(_) => {}
+        }
+    }
+
+    /// Runs the agent's `on_enter` (once at the start; again on each
+    /// handoff). An agent handed over to without a hook answers at once.
+    fn enter(&mut self, handoff: bool) {
+        if !handoff {
+            if self.entered {
+                return;
+            }
+            self.entered = true;
+        }
+        match self.agent.enter_hook().cloned() {
+            Some(hook) => {
+                let ctx = self.context();
+                let agent = self.agent.name().to_string();
+                self.hooks.spawn(async move {
+                    if AssertUnwindSafe(hook(ctx)).catch_unwind().await.is_err() {
+                        error!(agent, "the agent's on_enter hook panicked");
+                    }
+                });
+            }
+            None if handoff => {
+                let (done, _) = oneshot::channel();
+                let id = self.machine.queue_reply(true);
+                self.queued.insert(
+                    id,
+                    Queued {
+                        kind: ReplyKind::Generate(None),
+                        done,
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn switch_agent(&mut self, agent: Agent) {
+        info!(from = self.agent.name(), to = agent.name(), "agent handoff");
+        self.chat.set_instructions(agent.instructions());
+        self.agent = agent;
+        let _ = self.events.try_send(SessionEvent::AgentChanged {
+            agent: self.agent.name().to_string(),
+        });
+        self.enter(true);
+    }
+
+    fn on_heard(&mut self, heard: VoiceEvent) {
+        let VoiceEvent { event, at } = heard;
         let input = match event {
             VadEvent::SpeechStarted { .. } => Input::SpeechStarted { at },
             VadEvent::SpeechProgress { voiced } => Input::SpeechProgress { voiced },
@@ -625,6 +941,18 @@ impl Actor {
                     text,
                     timing,
                 } => self.commit(reply, text, timing).await,
+                Action::StartReply { reply } => {
+                    let Some(queued) = self.queued.remove(&reply) else {
+                        continue;
+                    };
+                    self.start_reply(reply, queued.kind, None, Some(queued.done))
+                        .await;
+                }
+                Action::DropReply { reply } => {
+                    if let Some(queued) = self.queued.remove(&reply) {
+                        let _ = queued.done.send(SpeechDone::dropped());
+                    }
+                }
                 Action::PauseOutput { .. } => {
                     if let Some((_, control)) = &self.output {
                         control.pause();
@@ -673,24 +1001,42 @@ impl Actor {
             // sink may not have reported its end yet: it ends here, with what
             // was heard of it, before the user's words.
             let heard = match (&self.output, old.generation) {
-                (Some((_, control)), Some(g)) => control.played_text(g),
-                _ => old.text.clone(),
+                (Some((_, control)), Some(g)) => Heard::Parts(control.played_parts(g)),
+                _ => Heard::All,
             };
             self.finish_reply(heard, true).await;
         }
         info!(reply = id, user = %text, "user turn");
         self.chat.push(ChatMessage::user(text.clone()));
         self.emit(SessionEvent::UserTurn { reply: id, text }).await;
+        self.start_reply(id, ReplyKind::Answer, Some(timing), None)
+            .await;
+    }
+
+    async fn start_reply(
+        &mut self,
+        id: ReplyId,
+        kind: ReplyKind,
+        timing: Option<TurnTiming>,
+        done: Option<oneshot::Sender<SpeechDone>>,
+    ) {
         let output = self.output.as_ref().map(|(w, c)| (w.clone(), c.begin()));
         let generation = output.as_ref().map(|(_, g)| *g);
+        let llm = self
+            .agent
+            .own_llm()
+            .cloned()
+            .unwrap_or_else(|| self.stages.llm.clone());
         let job = ReplyJob {
             id,
-            llm: self.stages.llm.clone(),
+            kind,
+            llm,
             tts: self.stages.tts.clone(),
-            tools: self.stages.tools.clone(),
+            agent: self.agent.clone(),
             messages: self.chat.messages.clone(),
             max_tool_steps: self.options.max_tool_steps,
-            job: self.options.job.clone(),
+            tool_options: self.options.tools.clone(),
+            context: self.context(),
             output,
             error_message: self.options.error_message.clone(),
             clock: self.options.clock.clone(),
@@ -701,37 +1047,22 @@ impl Actor {
         // other work: the spawned task runs next on this worker.
         tokio::task::yield_now().await;
         self.reply = Some(ActiveReply {
-            id,
             task,
             generation,
-            text: String::new(),
-            generated: None,
-            playback_started: false,
+            ledger: Ledger::new(id, timing),
             cancelled: false,
-            timing,
-            metrics: TurnMetrics {
-                reply: id,
-                end_of_utterance_delay: timing
-                    .speech_ended
-                    .map(|e| timing.committed.saturating_duration_since(e)),
-                transcription_delay: timing
-                    .speech_ended
-                    .zip(timing.transcribed)
-                    .map(|(e, t)| t.saturating_duration_since(e)),
-                ..Default::default()
-            },
-            llm_request_at: None,
-            first_tts_request: None,
+            done,
+            waiters: Vec::new(),
+            shown_part: None,
         });
     }
 
     async fn interrupt(&mut self, id: ReplyId) {
-        let Some(reply) = self.reply.as_mut().filter(|r| r.id == id) else {
+        let Some(reply) = self.reply.as_mut().filter(|r| r.ledger.id() == id) else {
             return;
         };
         reply.task.abort();
         reply.cancelled = true;
-        reply.metrics.interrupted = true;
         let pending = self.output.as_ref().map(|(_, control)| {
             control.clear();
             // Events the sink emitted before the clear (a Started, say)
@@ -743,167 +1074,189 @@ impl Actor {
                 for event in pending {
                     self.on_playback(self.options.clock.now(), event).await;
                 }
-                let still_playing = self
+                let not_started = self
                     .reply
                     .as_ref()
-                    .is_some_and(|r| r.id == id && r.playback_started);
-                if !still_playing && self.reply.as_ref().is_some_and(|r| r.id == id) {
-                    self.finish_reply(String::new(), true).await;
+                    .is_some_and(|r| r.ledger.id() == id && !r.ledger.playback_started());
+                if not_started {
+                    self.finish_reply(Heard::Parts(Vec::new()), true).await;
                 }
             }
-            None => {
-                let text = reply.text.clone();
-                self.finish_reply(text, true).await;
-            }
+            None => self.finish_reply(Heard::All, true).await,
         }
     }
 
     async fn on_reply(&mut self, id: ReplyId, event: ReplyEvent) {
-        let Some(reply) = self.reply.as_mut().filter(|r| r.id == id && !r.cancelled) else {
+        let Some(reply) = self
+            .reply
+            .as_mut()
+            .filter(|r| r.ledger.id() == id && !r.cancelled)
+        else {
             return; // from a cancelled reply
         };
         match event {
-            ReplyEvent::LlmRequested { at } => {
-                // Metrics time the first request; tool steps follow it.
-                if reply.llm_request_at.is_none() {
-                    reply.llm_request_at = Some(at);
-                    reply.metrics.commit_to_llm_request =
-                        Some(at.saturating_duration_since(reply.timing.committed));
-                }
+            ReplyEvent::Record(record) => {
+                reply.ledger.record(&record);
+                self.on_record(id, record).await;
             }
-            ReplyEvent::FirstToken { at } => reply.first_token(at),
-            ReplyEvent::Text(delta) => {
-                reply.text.push_str(&delta);
-                self.emit(SessionEvent::AgentText { reply: id, delta })
-                    .await;
-            }
-            ReplyEvent::SentenceToTts { last_token, sent } => {
-                reply.first_tts_request.get_or_insert(sent);
-                reply
-                    .metrics
-                    .sentence_to_tts
-                    .push(sent.saturating_duration_since(last_token));
-            }
-            ReplyEvent::FirstAudio { at } => {
-                if let Some(first) = reply.first_tts_request {
-                    reply.metrics.tts_ttfb = Some(at.saturating_duration_since(first));
-                }
-            }
-            ReplyEvent::ToolStep { call, results } => {
-                reply.text.clear();
-                self.chat.push(call);
-                for r in results {
-                    self.chat.push(r);
-                }
-            }
-            ReplyEvent::Usage(u) => {
-                let m = &mut reply.metrics.usage;
-                m.prompt_tokens += u.prompt_tokens;
-                m.completion_tokens += u.completion_tokens;
-                m.cached_tokens += u.cached_tokens;
-            }
-            ReplyEvent::Failed { error } => {
-                // Nothing said yet: the reply speaks the apology instead, and
-                // that is what the user hears, sees and the history keeps.
-                let apology = reply.text.is_empty() && !self.options.error_message.is_empty();
-                let said = if apology {
-                    self.options.error_message.clone()
+            ReplyEvent::SayWaiter { part, done } => {
+                if self.output.is_some() {
+                    reply.waiters.push((part, done));
                 } else {
-                    reply.text.clone()
-                };
-                reply.generated = Some(said.clone());
+                    let heard = reply.ledger.part_text(part);
+                    let _ = done.send(SpeechDone {
+                        heard,
+                        interrupted: false,
+                    });
+                }
+            }
+            ReplyEvent::Handoff(agent) => self.switch_agent(agent),
+            ReplyEvent::LlmFailed(error) => {
                 self.emit(SessionEvent::Error {
                     stage: "llm",
                     error,
                 })
                 .await;
-                if apology {
-                    let delta = said.clone();
-                    self.emit(SessionEvent::AgentText { reply: id, delta })
-                        .await;
-                }
-                if self.output.is_none() {
-                    self.finish_reply(said, false).await;
-                }
-            }
-            ReplyEvent::Generated { text } => {
-                reply.generated = Some(text.clone());
-                if self.output.is_none() {
-                    let now = self.options.clock.now();
-                    if let Some(r) = self.reply.as_mut() {
-                        r.metrics.end_to_end = r
-                            .timing
-                            .speech_ended
-                            .or(Some(r.timing.committed))
-                            .map(|s| now.saturating_duration_since(s));
-                    }
-                    self.finish_reply(text, false).await;
-                }
             }
         }
     }
 
-    async fn on_playback(&mut self, now: Instant, event: PlaybackEvent) {
-        match event {
-            PlaybackEvent::Started { generation } => {
-                let Some(reply) = self
+    /// What a reply's record means beyond the ledger: events, and in text
+    /// mode the reply's end.
+    async fn on_record(&mut self, id: ReplyId, record: Record) {
+        match record {
+            Record::StepText { part, delta, .. } => self.show(id, part, delta).await,
+            Record::Said { part, text, .. } => self.show(id, part, text).await,
+            Record::Failed { apology } => {
+                if let Some((part, text)) = apology {
+                    self.show(id, part, text).await;
+                }
+                if self.output.is_none() {
+                    self.finish_reply(Heard::All, false).await;
+                }
+            }
+            Record::ToolCalls { calls, .. } => {
+                for call in &calls {
+                    info!(reply = id, tool = %call.name, id = %call.id, "tool call");
+                }
+                self.emit(SessionEvent::ToolCalls { reply: id, calls })
+                    .await;
+            }
+            Record::ToolResult { step, index, output } => {
+                let call_id = self
                     .reply
-                    .as_mut()
-                    .filter(|r| r.generation == Some(generation))
-                else {
-                    return;
-                };
-                reply.playback_started = true;
-                let start = reply.timing.speech_ended.unwrap_or(reply.timing.committed);
-                reply.metrics.end_to_end = Some(now.saturating_duration_since(start));
-                let id = reply.id;
+                    .as_ref()
+                    .and_then(|r| r.ledger.call_id(step, index))
+                    .unwrap_or_default();
+                self.emit(SessionEvent::ToolResult {
+                    reply: id,
+                    call_id,
+                    output,
+                })
+                .await;
+            }
+            Record::Generated { .. } => {
+                if self.output.is_none() {
+                    self.finish_reply(Heard::All, false).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reply text as it comes, a space between parts.
+    async fn show(&mut self, id: ReplyId, part: PartId, text: String) {
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        let new_part = reply.shown_part.is_some_and(|p| p != part);
+        reply.shown_part = Some(part);
+        let delta = if new_part && !text.starts_with(char::is_whitespace) {
+            format!(" {text}")
+        } else {
+            text
+        };
+        self.emit(SessionEvent::AgentText { reply: id, delta })
+            .await;
+    }
+
+    async fn on_playback(&mut self, now: Instant, event: PlaybackEvent) {
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        match event {
+            PlaybackEvent::Started { generation } if reply.generation == Some(generation) => {
+                reply.ledger.playback_started_at(now);
+                let id = reply.ledger.id();
                 self.machine
                     .handle_input(now, Input::PlaybackStarted { reply: id });
             }
+            PlaybackEvent::PartPlayed { generation, part }
+                if reply.generation == Some(generation) =>
+            {
+                if let Some(i) = reply.waiters.iter().position(|(p, _)| *p == part) {
+                    let (_, done) = reply.waiters.swap_remove(i);
+                    let _ = done.send(SpeechDone {
+                        heard: reply.ledger.part_text(part),
+                        interrupted: false,
+                    });
+                }
+            }
             PlaybackEvent::Finished {
                 generation,
-                text,
+                parts,
                 interrupted,
                 ..
-            } => {
-                let Some(reply) = self
-                    .reply
-                    .as_ref()
-                    .filter(|r| r.generation == Some(generation))
-                else {
-                    return;
-                };
-                let heard = if interrupted || reply.cancelled {
-                    text
-                } else {
-                    reply.generated.clone().unwrap_or(text)
-                };
+            } if reply.generation == Some(generation) => {
                 let interrupted = interrupted || reply.cancelled;
+                let heard = if interrupted {
+                    Heard::Parts(parts)
+                } else {
+                    Heard::All
+                };
                 self.finish_reply(heard, interrupted).await;
             }
+            _ => {} // another generation's
         }
     }
 
     /// The reply is over: record what the user heard and tell the machine.
-    async fn finish_reply(&mut self, heard: String, interrupted: bool) {
-        let Some(mut reply) = self.reply.take() else {
+    async fn finish_reply(&mut self, heard: Heard, interrupted: bool) {
+        let Some(reply) = self.reply.take() else {
             return;
         };
         if !reply.task.is_finished() && interrupted {
             reply.task.abort();
         }
-        let heard = heard.trim().to_string();
-        if !heard.is_empty() {
-            let mut message = ChatMessage::assistant(heard.clone());
-            message.interrupted = interrupted;
+        let id = reply.ledger.id();
+        let outcome = reply.ledger.finish(heard, interrupted);
+        for message in outcome.messages {
             self.chat.push(message);
         }
-        info!(reply = reply.id, interrupted, agent = %heard, "agent turn");
-        reply.metrics.interrupted = interrupted;
-        let m = &reply.metrics;
+        let dropped = self.chat.truncate(&self.options.history);
+        if dropped > 0 {
+            debug!(dropped, "history over its limit: oldest messages dropped");
+        }
+        for (part, done) in reply.waiters {
+            let heard = outcome
+                .parts
+                .iter()
+                .find(|(p, _)| *p == part)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            let _ = done.send(SpeechDone { heard, interrupted });
+        }
+        if let Some(done) = reply.done {
+            let _ = done.send(SpeechDone {
+                heard: outcome.spoken.clone(),
+                interrupted,
+            });
+        }
+        info!(reply = id, interrupted, agent = %outcome.spoken, "agent turn");
+        let m = &outcome.metrics;
         let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
         info!(
-            reply = reply.id,
+            reply = id,
             end_of_utterance_ms = ms(m.end_of_utterance_delay),
             transcription_ms = ms(m.transcription_delay),
             llm_ttft_ms = ms(m.llm_ttft),
@@ -912,25 +1265,14 @@ impl Actor {
             "turn metrics"
         );
         self.emit(SessionEvent::AgentSpoke {
-            reply: reply.id,
-            text: heard,
+            reply: id,
+            text: outcome.spoken,
             interrupted,
         })
         .await;
-        self.emit(SessionEvent::Metrics(reply.metrics.clone()))
-            .await;
+        self.emit(SessionEvent::Metrics(outcome.metrics)).await;
         let now = self.options.clock.now();
         self.machine
-            .handle_input(now, Input::ReplyEnded { reply: reply.id });
-    }
-}
-
-impl ActiveReply {
-    fn first_token(&mut self, at: Instant) {
-        if self.metrics.llm_ttft.is_none()
-            && let Some(req) = self.llm_request_at
-        {
-            self.metrics.llm_ttft = Some(at.saturating_duration_since(req));
-        }
+            .handle_input(now, Input::ReplyEnded { reply: id });
     }
 }

@@ -17,7 +17,9 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::audio::AudioFrame;
-use crate::chat::{ChatMessage, ToolCall, ToolSpec};
+use crate::agents::LlmOptions;
+use crate::chat::{ChatMessage, ToolCall};
+use crate::tool::ToolSpec;
 
 /// What kind of failure a stage hit; the session counts errors by kind and
 /// decides what to tell the user.
@@ -91,13 +93,32 @@ impl fmt::Display for StageError {
 
 impl std::error::Error for StageError {}
 
-/// Who a request is made for: set when the session runs as a LiveKit job, so
-/// providers can attribute usage (LiveKit Inference takes them as headers).
+/// The job a session runs for: set when it runs as a LiveKit job (empty in
+/// console mode). Providers attribute usage with the ids (LiveKit Inference
+/// takes them as headers); agents read the rest.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobContext {
+    /// The room's sid.
     pub room_id: Option<String>,
     pub job_id: Option<String>,
+    /// The worker's id.
     pub agent_id: Option<String>,
+    pub room_name: Option<String>,
+    /// The job's metadata: what the dispatch (API or token room config) set.
+    pub job_metadata: String,
+    /// The room's metadata when the job was assigned.
+    pub room_metadata: String,
+    /// The participant the session talks to.
+    pub participant: Option<Participant>,
+}
+
+/// A room participant as an agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Participant {
+    pub identity: String,
+    pub name: String,
+    pub metadata: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 // ---------------------------------------------------------------- STT
@@ -157,6 +178,8 @@ pub struct LlmRequest {
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
     pub job: JobContext,
+    /// The agent's options for this request (tool choice, extra body fields).
+    pub options: LlmOptions,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,6 +193,8 @@ pub struct Usage {
 pub enum LlmChunk {
     /// Reply text, in order.
     Text(String),
+    /// The model's reasoning (Kimi's `reasoning_content`), never spoken.
+    Reasoning(String),
     /// A complete tool call (fragments already assembled).
     ToolCall(ToolCall),
     Usage(Usage),

@@ -17,7 +17,13 @@
 //!   A reply still thinking is cancelled at once. A speaking reply is paused;
 //!   words from the STT confirm the interruption (the reply is cancelled and
 //!   its unplayed audio dropped); no words within `false_interruption_timeout`
-//!   after the user falls silent resume it.
+//!   after the user falls silent resume it. A reply started with
+//!   interruptions disallowed is never interrupted by speech.
+//! - Replies the agent starts itself (`say`, `generate_reply`, hooks) are
+//!   queued behind the reply in progress and start, in order, when it ends.
+//!   A committed user turn drops the queue: the user's words come first.
+//!   [`TurnMachine::interrupt`] cancels the reply in progress, whatever its
+//!   setting, and drops the queue.
 
 use std::time::{Duration, Instant};
 
@@ -144,6 +150,14 @@ pub enum Action {
     Interrupt {
         reply: ReplyId,
     },
+    /// Start reply `reply`, queued by [`TurnMachine::queue_reply`].
+    StartReply {
+        reply: ReplyId,
+    },
+    /// Reply `reply`, queued, will never start.
+    DropReply {
+        reply: ReplyId,
+    },
     AgentState(AgentState),
     UserSpeaking(bool),
 }
@@ -186,6 +200,8 @@ enum Phase {
 struct Reply {
     id: ReplyId,
     phase: Phase,
+    /// User speech may interrupt it.
+    interruptible: bool,
 }
 
 pub struct TurnMachine {
@@ -213,6 +229,8 @@ pub struct TurnMachine {
 
     next_reply: ReplyId,
     reply: Option<Reply>,
+    /// Agent replies waiting for the one in progress: id and interruptible.
+    queue: std::collections::VecDeque<(ReplyId, bool)>,
     state: AgentState,
 }
 
@@ -237,6 +255,7 @@ impl TurnMachine {
             has_detector,
             next_reply: 1,
             reply: None,
+            queue: Default::default(),
             state: AgentState::Initializing,
         }
     }
@@ -253,6 +272,28 @@ impl TurnMachine {
     /// The reply in progress, if any.
     pub fn active_reply(&self) -> Option<ReplyId> {
         self.reply.map(|r| r.id)
+    }
+
+    /// Queues a reply the agent starts itself (not an answer to a user turn)
+    /// and returns its id. It starts ([`Action::StartReply`]) at once when no
+    /// reply is in progress, else when the replies before it have ended.
+    pub fn queue_reply(&mut self, allow_interruptions: bool) -> ReplyId {
+        let id = self.next_reply;
+        self.next_reply += 1;
+        self.queue.push_back((id, allow_interruptions));
+        if self.reply.is_none() {
+            self.start_queued();
+        }
+        id
+    }
+
+    /// Cancels the reply in progress, even one that disallows interruptions,
+    /// and drops the queued ones.
+    pub fn interrupt(&mut self) {
+        self.drop_queue();
+        if let Some(reply) = self.reply {
+            self.cancel_reply(reply);
+        }
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input) {
@@ -333,7 +374,9 @@ impl TurnMachine {
                 if self.reply.is_some_and(|r| r.id == reply) {
                     self.reply = None;
                     self.timers[Timer::FalseInterruption as usize] = None;
-                    self.set_state(AgentState::Listening);
+                    if !self.start_queued() {
+                        self.set_state(AgentState::Listening);
+                    }
                 }
             }
         }
@@ -421,6 +464,27 @@ impl TurnMachine {
         self.maybe_start_end_of_turn(now);
     }
 
+    /// Starts the next queued reply; false when there is none.
+    fn start_queued(&mut self) -> bool {
+        let Some((id, interruptible)) = self.queue.pop_front() else {
+            return false;
+        };
+        self.reply = Some(Reply {
+            id,
+            phase: Phase::Thinking,
+            interruptible,
+        });
+        self.actions.push_back(Action::StartReply { reply: id });
+        self.set_state(AgentState::Thinking);
+        true
+    }
+
+    fn drop_queue(&mut self) {
+        for (id, _) in std::mem::take(&mut self.queue) {
+            self.actions.push_back(Action::DropReply { reply: id });
+        }
+    }
+
     fn count_words(&mut self, text: &str) {
         if self.user_speaking || self.reply.is_some_and(|r| r.phase == Phase::Paused) {
             self.words_in_speech = self.words_in_speech.max(text.split_whitespace().count());
@@ -431,7 +495,7 @@ impl TurnMachine {
     /// waiting for `min_interruption_words`.
     fn check_interruption_words(&mut self) {
         let Some(reply) = self.reply else { return };
-        if self.words_in_speech == 0 {
+        if self.words_in_speech == 0 || !reply.interruptible {
             return;
         }
         match reply.phase {
@@ -451,7 +515,7 @@ impl TurnMachine {
 
     fn maybe_interrupt(&mut self) {
         let Some(reply) = self.reply else { return };
-        if !self.opts.allow_interruptions || !self.user_speaking {
+        if !self.opts.allow_interruptions || !reply.interruptible || !self.user_speaking {
             return;
         }
         if self.words_in_speech < self.opts.min_interruption_words {
@@ -535,9 +599,11 @@ impl TurnMachine {
     ) {
         let id = self.next_reply;
         self.next_reply += 1;
+        self.drop_queue();
         self.reply = Some(Reply {
             id,
             phase: Phase::Thinking,
+            interruptible: true,
         });
         self.new_words_arrived();
         let (speech_ended, transcribed) = timing.unwrap_or((None, None));
@@ -904,5 +970,87 @@ mod tests {
                 AgentState::Listening
             ]
         );
+    }
+
+    fn started(h: &Harness) -> Vec<(u64, ReplyId)> {
+        h.log
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::StartReply { reply } => Some((*t, *reply)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agent_replies_queue_behind_the_one_in_progress_and_start_in_order() {
+        let mut h = Harness::new(TurnOptions::default(), false);
+        let first = h.m.queue_reply(true);
+        let second = h.m.queue_reply(true);
+        h.drain();
+        assert_eq!(started(&h), vec![(0, first)], "only the first starts");
+        assert_eq!(h.m.agent_state(), AgentState::Thinking);
+        h.input(100, Input::PlaybackStarted { reply: first });
+        h.input(900, Input::ReplyEnded { reply: first });
+        assert_eq!(started(&h), vec![(0, first), (900, second)]);
+        assert_eq!(h.m.agent_state(), AgentState::Thinking);
+        h.input(1500, Input::ReplyEnded { reply: second });
+        assert_eq!(h.m.agent_state(), AgentState::Listening);
+        assert_eq!(h.m.active_reply(), None);
+    }
+
+    #[test]
+    fn a_user_turn_drops_queued_agent_replies() {
+        let mut h = Harness::new(TurnOptions::default(), false);
+        let first = h.m.queue_reply(true);
+        let queued = h.m.queue_reply(true);
+        h.drain();
+        h.input(10, Input::PlaybackStarted { reply: first });
+        // Long enough to interrupt: the reply is paused, then words cancel it.
+        let start = h.at(100);
+        h.input(100, Input::SpeechStarted { at: start });
+        h.input(700, Input::SpeechProgress { voiced: ms(600) });
+        h.input(1300, Input::SpeechEnded { at: h.at(1000) });
+        h.input(1400, Input::Final { text: "stop please".into() });
+        h.advance(3000);
+        assert!(h.has(&Action::Interrupt { reply: first }).is_some());
+        assert!(h.has(&Action::DropReply { reply: queued }).is_some());
+        assert_eq!(h.commits().len(), 1);
+        let reply = h.m.active_reply().expect("answering the user");
+        h.input(3100, Input::ReplyEnded { reply: first });
+        assert_eq!(h.m.active_reply(), Some(reply), "a stale end changes nothing");
+        assert_eq!(started(&h), vec![(0, first)], "the dropped reply never starts");
+    }
+
+    #[test]
+    fn speech_never_interrupts_a_reply_that_disallows_it_but_interrupt_does() {
+        let mut h = Harness::new(TurnOptions::default(), false);
+        let id = h.m.queue_reply(false);
+        h.drain();
+        h.input(10, Input::PlaybackStarted { reply: id });
+        let start = h.at(100);
+        h.input(100, Input::SpeechStarted { at: start });
+        h.input(900, Input::SpeechProgress { voiced: ms(800) });
+        h.input(1800, Input::SpeechEnded { at: h.at(1500) });
+        h.input(1900, Input::Final { text: "hello hello".into() });
+        h.advance(4000);
+        assert!(
+            !h.log.iter().any(|(_, a)| matches!(
+                a,
+                Action::Interrupt { .. } | Action::PauseOutput { .. }
+            )),
+            "{:?}",
+            h.log
+        );
+        assert!(h.commits().is_empty(), "words over it are not a turn");
+        assert_eq!(h.m.agent_state(), AgentState::Speaking);
+        let queued = h.m.queue_reply(true);
+        h.m.interrupt();
+        h.drain();
+        assert!(h.has(&Action::Interrupt { reply: id }).is_some());
+        assert!(h.has(&Action::DropReply { reply: queued }).is_some());
+        assert_eq!(h.m.agent_state(), AgentState::Listening);
+        h.input(4100, Input::ReplyEnded { reply: id });
+        assert_eq!(started(&h), vec![(0, id)]);
     }
 }

@@ -259,7 +259,11 @@ impl Tool for Lookup {
             parameters: serde_json::json!({"type": "object"}),
         }
     }
-    async fn call(&self, _args: serde_json::Value) -> Result<String, String> {
+    async fn call(
+        &self,
+        _ctx: ToolContext,
+        _args: serde_json::Value,
+    ) -> Result<ToolOutput, ToolError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok("found".into())
     }
@@ -287,7 +291,6 @@ struct Setup {
     stt_lag: Duration,
     llm: Vec<Reply>,
     detector: Option<f32>,
-    tools: ToolSet,
     opts: SessionOptions,
 }
 
@@ -301,7 +304,6 @@ impl Default for Setup {
             stt_lag: ms(100),
             llm: vec![],
             detector: None,
-            tools: ToolSet::new(),
             opts: SessionOptions::default(),
         }
     }
@@ -322,7 +324,6 @@ async fn run(setup: Setup) -> Run {
         turn_detector: setup
             .detector
             .map(|p| Arc::new(FixedDetector(p)) as Arc<dyn TurnDetector>),
-        tools: setup.tools,
     };
     let (mic_tx, mic_rx) = mpsc::channel(8);
     let (writer, control, mut reader) = playout(RATE, 64);
@@ -369,7 +370,7 @@ async fn run(setup: Setup) -> Run {
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let chat = handle.chat_context().await.expect("session alive");
+    let chat = handle.history().await.expect("session alive");
     drop(handle);
     mic.abort();
     let _ = mic.await;
@@ -628,15 +629,14 @@ async fn false_interruption_resumes_playback() {
 #[tokio::test(start_paused = true)]
 async fn tool_loop_stops_at_max_steps() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let mut tools = ToolSet::new();
-    tools.add(Arc::new(Lookup(runs.clone())));
+    let agent = Agent::new("").tool(Lookup(runs.clone()));
     let r = run(Setup {
         speech: vec![(1000, 2000)],
         total_ms: 6000,
         stt_script: vec!["look it up"],
         llm: vec![Reply::ToolCall; 10],
-        tools,
         opts: SessionOptions {
+            agent,
             max_tool_steps: 3,
             ..Default::default()
         },
@@ -707,7 +707,6 @@ async fn no_task_of_the_session_outlives_it() {
             tts: Some(Arc::new(WordTts::default())),
             vad: Some(Arc::new(EnergyVad)),
             turn_detector: Some(Arc::new(FixedDetector(0.9))),
-            tools: ToolSet::new(),
         },
         SessionOptions::default(),
         AudioIo {
@@ -747,10 +746,9 @@ async fn typed_turn_streams_text_and_drain_waits_for_the_reply() {
             tts: None,
             vad: None,
             turn_detector: None,
-            tools: ToolSet::new(),
         },
         SessionOptions {
-            instructions: "Be brief.".into(),
+            agent: Agent::new("Be brief."),
             ..Default::default()
         },
         AudioIo {
@@ -845,8 +843,7 @@ async fn a_panicking_stage_ends_the_session_as_a_panic() {
                 tts: Some(Arc::new(WordTts::default())),
                 vad: Some(vad),
                 turn_detector: None,
-                tools: ToolSet::new(),
-            },
+                },
             SessionOptions::default(),
             AudioIo {
                 input: Some(mic_rx),

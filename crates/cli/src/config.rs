@@ -520,7 +520,7 @@ impl Config {
     pub fn session_options(&self) -> SessionOptions {
         let i = &self.interruption;
         SessionOptions {
-            instructions: self.instructions.clone(),
+            agent: agent::Agent::new(self.instructions.clone()),
             turn: TurnOptions {
                 min_endpointing_delay: secs(self.turn.min_endpointing_delay),
                 max_endpointing_delay: secs(self.turn.max_endpointing_delay),
@@ -552,7 +552,7 @@ mod tests {
     fn shipped_config_parses_and_matches_the_defaults_it_documents() {
         let text = include_str!("../../../agent-config/agent.toml");
         let c = parse(text).expect("shipped config is valid");
-        assert_eq!(c.llm.model, "moonshotai/kimi-k2-instruct");
+        assert_eq!(c.llm.model, "moonshotai/kimi-k2.6");
         assert_eq!(c.llm.provider.as_deref(), Some("baseten"));
         assert_eq!(c.stt.engine, SttEngine::Whisper);
         assert_eq!(c.tts.engine, TtsEngine::Piper);

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::chat::ToolSet;
 use agent::session::Stages;
 use agent::stage::{Llm, Stt, Tts, TurnDetector, VadFactory};
 use anyhow::{Context, Result};
@@ -35,7 +34,6 @@ pub fn text_only(config: &Config) -> Result<Stages> {
         tts: None,
         vad: None,
         turn_detector: None,
-        tools: ToolSet::new(),
     })
 }
 
@@ -75,7 +73,6 @@ fn load_speech(config: &Config, llm: Arc<dyn Llm>) -> Result<Stages> {
         tts: Some(tts),
         vad: Some(vad),
         turn_detector,
-        tools: ToolSet::new(),
     })
 }
 

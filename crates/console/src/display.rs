@@ -88,6 +88,20 @@ impl Display {
             SessionEvent::Error { stage, error } => {
                 let _ = writeln!(lines, "error: {stage}: {error}");
             }
+            SessionEvent::ToolCalls { calls, .. } => {
+                for call in calls {
+                    let _ = writeln!(lines, "tool: {}({})", call.name, call.arguments);
+                }
+            }
+            SessionEvent::ToolResult {
+                call_id, output, ..
+            } => {
+                let _ = writeln!(lines, "tool result ({call_id}): {}", one_line(output));
+            }
+            SessionEvent::AgentChanged { agent } => {
+                let _ = writeln!(lines, "agent now: {agent}");
+            }
+            _ => {}
         }
         if self.tty && !lines.is_empty() {
             // Finished lines go above the status line, which is redrawn.
@@ -249,5 +263,19 @@ mod tests {
         assert_eq!(meter(-100.0, 4), "····");
         assert_eq!(meter(-30.0, 4), "██··");
         assert_eq!(meter(0.0, 4), "████");
+    }
+}
+
+/// The first 120 characters of `text` on one line.
+fn one_line(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(120)
+        .collect();
+    if text.chars().count() > 120 {
+        format!("{flat}…")
+    } else {
+        flat
     }
 }

@@ -641,7 +641,7 @@ mod tests {
             for chunk in speech.chunks(block * 2) {
                 let pcm: Vec<i16> = chunk.iter().map(|&s| to_i16(s)).collect();
                 writer
-                    .push(generation, AudioFrame::new(pcm, RATE, 1), String::new())
+                    .push(generation, 0, AudioFrame::new(pcm, RATE, 1), String::new())
                     .await
                     .expect("push");
             }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::chat::ToolSet;
 use agent::session::{SessionOptions, Stages};
 use agent::*;
 use async_trait::async_trait;
@@ -152,7 +151,6 @@ async fn agent_speech_lands_where_it_would_have_been_heard() {
         tts: Some(Arc::new(ToneTts)),
         vad: Some(Arc::new(EnergyVad)),
         turn_detector: None,
-        tools: ToolSet::new(),
     };
     let mut transcript = Vec::new();
     let summary = file::run(
@@ -213,7 +211,6 @@ async fn unreadable_input_names_the_file() {
         tts: None,
         vad: None,
         turn_detector: None,
-        tools: ToolSet::new(),
     };
     let err = file::run(
         stages,

@@ -182,6 +182,7 @@ async fn stt_speaks_the_gateway_protocol_and_keeps_one_connection_across_turns()
         room_id: Some("RM_room".into()),
         job_id: Some("AJ_job".into()),
         agent_id: Some("PA_agent".into()),
+        ..Default::default()
     };
     let mut s = stt(&gw).stream(&job).await.expect("stream");
 
@@ -932,7 +933,6 @@ async fn a_session_hears_and_speaks_through_livekit_inference() {
         tts: Some(Arc::new(tts(&gw))),
         vad: Some(Arc::new(speech::EarshotVadFactory)),
         turn_detector: None,
-        tools: agent::ToolSet::new(),
     };
     let (mic_tx, mic_rx) = tokio::sync::mpsc::channel(8);
     let (writer, control, mut reader) = agent::playout(24_000, 64);

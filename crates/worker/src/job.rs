@@ -323,7 +323,12 @@ impl Bridge {
                 tracing::warn!(job = %self.job_id, stage, kind = error.kind.as_str(), "stage error");
                 self.metrics.error(stage, error.kind.as_str());
             }
-            SessionEvent::UserSpeaking(_) | SessionEvent::UserTurn { .. } => {}
+            SessionEvent::ToolCalls { reply, calls } => {
+                for call in calls {
+                    tracing::info!(job = %self.job_id, reply, tool = %call.name, id = %call.id, "tool call");
+                }
+            }
+            _ => {}
         }
     }
 

@@ -55,6 +55,9 @@ pub struct JobStart {
     /// Room token minted by the server for the identity we answered with.
     pub token: String,
     pub participant_identity: String,
+    /// What the dispatch set (API or token room configuration).
+    pub job_metadata: String,
+    pub room_metadata: String,
 }
 
 /// What the socket loop must do, in order.
@@ -274,6 +277,8 @@ impl WorkerProtocol {
             url: a.url.filter(|u| !u.is_empty()),
             token: a.token,
             participant_identity,
+            job_metadata: job.metadata,
+            room_metadata: room.metadata,
         }));
     }
 

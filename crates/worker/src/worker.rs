@@ -342,6 +342,10 @@ impl Loop {
                             room_id: Some(start.room_sid).filter(|s| !s.is_empty()),
                             job_id: Some(start.job_id.clone()),
                             agent_id: Some(self.worker_id.clone()).filter(|s| !s.is_empty()),
+                            room_name: Some(start.room_name).filter(|s| !s.is_empty()),
+                            job_metadata: start.job_metadata,
+                            room_metadata: start.room_metadata,
+                            participant: None,
                         },
                     };
                     let handle = self.jobs.spawn(job::run(
