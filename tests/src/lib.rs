@@ -679,6 +679,20 @@ pub fn is_agent(event: &serde_json::Value) -> bool {
 pub enum LlmAnswer {
     /// Streams this text (two words a chunk), then usage and `[DONE]`.
     Reply(String),
+    /// A tool-call turn streamed the way Kimi streams it: `reasoning` (if
+    /// any) as `reasoning_content` deltas, `text` (two words a chunk), then
+    /// each call opened by a delta with its `index`, id `functions.NAME:INDEX`
+    /// (INDEX: its place in `calls`), `type` and name with empty arguments,
+    /// then the arguments (the JSON text of the value) in fragments of a few
+    /// bytes, the calls' fragments interleaved by index; `finish_reason`
+    /// `tool_calls` with the usage inside `choices[0]` (as Moonshot puts it);
+    /// `[DONE]`.
+    ToolCalls {
+        text: String,
+        reasoning: Option<String>,
+        /// Tool name and arguments, in call order.
+        calls: Vec<(String, serde_json::Value)>,
+    },
     /// Fails with this HTTP status and an OpenAI-style error body.
     Status(u16),
     /// Sends the response head, then nothing, ever (a stalled provider).
@@ -687,7 +701,9 @@ pub enum LlmAnswer {
 
 /// A local OpenAI-compatible chat-completions server. Each request is answered
 /// as `route` says, given the request body; every request body is kept for the
-/// test to inspect. Stops when dropped.
+/// test to inspect. A request whose tool history Moonshot would refuse
+/// ([`check_tool_history`]) is answered 400 with an OpenAI-style error body,
+/// without asking `route`. Stops when dropped.
 pub struct LlmStandIn {
     /// Base URL (`http://127.0.0.1:PORT/v1`).
     pub url: String,
@@ -744,13 +760,30 @@ impl LlmStandIn {
                         }
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
-                    let answer = route(&body);
+                    let body: serde_json::Value = buf
+                        .get(head_end..head_end + len)
+                        .and_then(|b| serde_json::from_slice(b).ok())
+                        .unwrap_or_default();
+                    let answer = check_tool_history(&body).map(|()| route(&body));
                     if let Ok(mut kept) = kept.lock() {
                         kept.push(body);
                     }
                     served.fetch_add(1, Ordering::SeqCst);
+                    let answer = match answer {
+                        Ok(answer) => answer,
+                        Err(why) => {
+                            let body = serde_json::json!({"error": {
+                                "message": why, "type": "invalid_request_error"}})
+                            .to_string();
+                            let r = format!(
+                                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = sock.write_all(r.as_bytes()).await;
+                            let _ = sock.shutdown().await;
+                            return;
+                        }
+                    };
                     let r = match answer {
                         LlmAnswer::Reply(reply) => {
                             let mut r = String::from(
@@ -765,6 +798,20 @@ impl LlmStandIn {
                                 r.push_str(&format!("data: {event}\n\n"));
                             }
                             r.push_str("data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18}}\n\n");
+                            r.push_str("data: [DONE]\n\n");
+                            r
+                        }
+                        LlmAnswer::ToolCalls {
+                            text,
+                            reasoning,
+                            calls,
+                        } => {
+                            let mut r = String::from(
+                                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                            );
+                            for event in kimi_tool_call_events(&text, reasoning.as_deref(), &calls) {
+                                r.push_str(&format!("data: {event}\n\n"));
+                            }
                             r.push_str("data: [DONE]\n\n");
                             r
                         }
@@ -817,6 +864,141 @@ pub fn messages_of<'a>(request: &'a serde_json::Value, role: &str) -> Vec<&'a st
             m.iter()
                 .filter(|m| m["role"] == role)
                 .filter_map(|m| m["content"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The chunks of an [`LlmAnswer::ToolCalls`] turn, in order.
+fn kimi_tool_call_events(
+    text: &str,
+    reasoning: Option<&str>,
+    calls: &[(String, serde_json::Value)],
+) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    /// Bytes per argument fragment (on character boundaries).
+    const FRAGMENT: usize = 4;
+    let delta = |delta: serde_json::Value| {
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": "moonshotai/kimi-k2.6",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    };
+    let mut out = Vec::new();
+    if let Some(reasoning) = reasoning {
+        let words: Vec<&str> = reasoning.split_inclusive(' ').collect();
+        for piece in words.chunks(2) {
+            out.push(delta(json!({"reasoning_content": piece.concat()})));
+        }
+    }
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    for piece in words.chunks(2) {
+        out.push(delta(json!({"content": piece.concat()})));
+    }
+    let mut fragments: Vec<Vec<String>> = Vec::new();
+    for (index, (name, arguments)) in calls.iter().enumerate() {
+        out.push(delta(json!({"tool_calls": [{
+            "index": index, "id": format!("functions.{name}:{index}"), "type": "function",
+            "function": {"name": name, "arguments": ""}}]})));
+        let mut pieces = Vec::new();
+        let mut cur = String::new();
+        for c in arguments.to_string().chars() {
+            cur.push(c);
+            if cur.len() >= FRAGMENT {
+                pieces.push(std::mem::take(&mut cur));
+            }
+        }
+        if !cur.is_empty() {
+            pieces.push(cur);
+        }
+        fragments.push(pieces);
+    }
+    let rounds = fragments.iter().map(Vec::len).max().unwrap_or(0);
+    for round in 0..rounds {
+        for (index, pieces) in fragments.iter().enumerate() {
+            if let Some(piece) = pieces.get(round) {
+                out.push(delta(json!({"tool_calls": [{
+                    "index": index, "function": {"arguments": piece}}]})));
+            }
+        }
+    }
+    out.push(json!({"id": "c1", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls",
+                     "usage": {"prompt_tokens": 40, "completion_tokens": 20, "total_tokens": 60}}]}));
+    out
+}
+
+/// Checks a chat-completions request's tool history the way Moonshot (and
+/// OpenAI) do: every assistant tool call is answered by a `tool` message with
+/// the same `tool_call_id` among the messages right after it, and no `tool`
+/// message stands without its call. The error says what is wrong, as the
+/// 400's message.
+pub fn check_tool_history(request: &serde_json::Value) -> Result<(), String> {
+    let empty = Vec::new();
+    let messages = request["messages"].as_array().unwrap_or(&empty);
+    let mut i = 0;
+    while let Some(m) = messages.get(i) {
+        let calls = m["tool_calls"].as_array().filter(|c| !c.is_empty());
+        match (m["role"].as_str(), calls) {
+            (Some("assistant"), Some(calls)) => {
+                let ids: Vec<&str> = calls
+                    .iter()
+                    .map(|c| c["id"].as_str().unwrap_or(""))
+                    .collect();
+                let mut answered = Vec::new();
+                let mut j = i + 1;
+                while let Some(t) = messages.get(j).filter(|t| t["role"] == "tool") {
+                    let id = t["tool_call_id"].as_str().unwrap_or("");
+                    if !ids.contains(&id) {
+                        return Err(format!(
+                            "tool_call_id {id:?} at index {j} is not found in the preceding \
+                             assistant message's tool_calls"
+                        ));
+                    }
+                    answered.push(id);
+                    j += 1;
+                }
+                let missing: Vec<&str> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !answered.contains(id))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "an assistant message with 'tool_calls' must be followed by tool \
+                         messages responding to each 'tool_call_id'; missing: {missing:?} \
+                         (assistant message at index {i})"
+                    ));
+                }
+                i = j;
+            }
+            (Some("tool"), _) => {
+                return Err(format!(
+                    "a message with role 'tool' at index {i} must follow an assistant \
+                     message with 'tool_calls'"
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The tool results of a chat-completions request, in order: each `tool`
+/// message's `tool_call_id` and content.
+pub fn tool_results(request: &serde_json::Value) -> Vec<(String, String)> {
+    request["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|m| m["role"] == "tool")
+                .map(|m| {
+                    let id = m["tool_call_id"].as_str().unwrap_or_default().to_owned();
+                    let content = match &m["content"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (id, content)
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -977,5 +1159,123 @@ impl AgentProcess {
             dir,
             log_path,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn tool_call_answers_stream_as_kimi_does() {
+        let calls = vec![
+            ("get_weather".to_string(), json!({"city": "Paris"})),
+            ("get_time".to_string(), json!({"tz": "Europe/Rome"})),
+        ];
+        let events = kimi_tool_call_events("One moment.", Some("Two tools needed."), &calls);
+        let deltas: Vec<&Value> = events.iter().map(|e| &e["choices"][0]["delta"]).collect();
+        let reasoning: String = deltas
+            .iter()
+            .filter_map(|d| d["reasoning_content"].as_str())
+            .collect();
+        assert_eq!(reasoning, "Two tools needed.");
+        let text: String = deltas
+            .iter()
+            .filter_map(|d| d["content"].as_str())
+            .collect();
+        assert_eq!(text, "One moment.");
+        // Each call opens with index, id, type and name, arguments empty.
+        let opens: Vec<&Value> = deltas
+            .iter()
+            .filter_map(|d| d["tool_calls"].get(0))
+            .filter(|c| c.get("id").is_some())
+            .collect();
+        assert_eq!(opens.len(), 2);
+        assert_eq!(
+            *opens[0],
+            json!({"index": 0, "id": "functions.get_weather:0", "type": "function",
+                   "function": {"name": "get_weather", "arguments": ""}})
+        );
+        assert_eq!(opens[1]["id"], "functions.get_time:1");
+        // Fragments: a few bytes each, interleaved, whole again by index.
+        let fragments: Vec<(u64, &str)> = deltas
+            .iter()
+            .filter_map(|d| d["tool_calls"].get(0))
+            .filter(|c| c.get("id").is_none())
+            .filter_map(|c| Some((c["index"].as_u64()?, c["function"]["arguments"].as_str()?)))
+            .collect();
+        assert!(fragments.iter().all(|(_, f)| f.len() <= 4));
+        assert_eq!(fragments[0].0, 0);
+        assert_eq!(fragments[1].0, 1, "interleaved");
+        for (index, (_, args)) in calls.iter().enumerate() {
+            let whole: String = fragments
+                .iter()
+                .filter(|(i, _)| *i == index as u64)
+                .map(|(_, f)| *f)
+                .collect();
+            assert_eq!(
+                serde_json::from_str::<Value>(&whole).ok().as_ref(),
+                Some(args)
+            );
+        }
+        let last = events.last().map(|e| &e["choices"][0]);
+        assert_eq!(
+            last.map(|c| &c["finish_reason"]),
+            Some(&json!("tool_calls"))
+        );
+        assert_eq!(
+            last.map(|c| &c["usage"]["completion_tokens"]),
+            Some(&json!(20))
+        );
+    }
+
+    fn with(messages: Value) -> Value {
+        json!({"model": "m", "messages": messages})
+    }
+
+    #[test]
+    fn tool_history_is_checked_as_moonshot_checks_it() {
+        let call = |id: &str| {
+            json!({"id": id, "type": "function",
+                                     "function": {"name": "f", "arguments": "{}"}})
+        };
+        let user = json!({"role": "user", "content": "hi"});
+        let asks = json!({"role": "assistant", "content": null,
+                          "tool_calls": [call("functions.f:0"), call("functions.f:1")]});
+        let result = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "ok"});
+        let ok = with(
+            json!([user, asks, result("functions.f:1"), result("functions.f:0"),
+                             {"role": "assistant", "content": "done"}]),
+        );
+        assert_eq!(check_tool_history(&ok), Ok(()));
+        assert_eq!(
+            tool_results(&ok),
+            vec![
+                ("functions.f:1".to_string(), "ok".to_string()),
+                ("functions.f:0".to_string(), "ok".to_string())
+            ]
+        );
+        let missing = with(json!([user, asks, result("functions.f:0")]));
+        let e = check_tool_history(&missing).unwrap_err();
+        assert!(e.contains("functions.f:1"), "{e}");
+        let wrong = with(json!([
+            user,
+            asks,
+            result("functions.f:0"),
+            result("call_1")
+        ]));
+        assert!(check_tool_history(&wrong).unwrap_err().contains("call_1"));
+        let orphan = with(json!([user, result("functions.f:0")]));
+        assert!(
+            check_tool_history(&orphan)
+                .unwrap_err()
+                .contains("role 'tool'")
+        );
+        // A result separated from its call by another message is an orphan.
+        let late = with(json!([user, asks, user, result("functions.f:0")]));
+        assert!(check_tool_history(&late).is_err());
+        assert_eq!(check_tool_history(&json!({})), Ok(()));
+        assert!(tool_results(&json!({})).is_empty());
     }
 }

@@ -309,4 +309,3 @@ mod tests {
         assert_eq!(c.messages[0].role, Role::System);
     }
 }
-

@@ -269,9 +269,7 @@ impl Ledger {
     }
 
     fn since_turn_end(&self, at: Instant) -> Duration {
-        let start = self
-            .timing
-            .map(|t| t.speech_ended.unwrap_or(t.committed));
+        let start = self.timing.map(|t| t.speech_ended.unwrap_or(t.committed));
         start.map_or(Duration::ZERO, |s| at.saturating_duration_since(s))
     }
 
@@ -294,11 +292,7 @@ impl Ledger {
     pub fn finish(mut self, heard: Heard, interrupted: bool) -> Outcome {
         let heard_of = |part: PartId| -> String {
             match &heard {
-                Heard::All => self
-                    .parts
-                    .get(part as usize)
-                    .cloned()
-                    .unwrap_or_default(),
+                Heard::All => self.parts.get(part as usize).cloned().unwrap_or_default(),
                 Heard::Parts(played) => played
                     .iter()
                     .filter(|(p, _)| *p == part)
@@ -307,9 +301,8 @@ impl Ledger {
             }
         };
         let generated_of = |part: PartId| self.parts.get(part as usize).map_or("", |t| t.as_str());
-        let cut = |part: PartId, heard: &str| {
-            interrupted && heard.trim() != generated_of(part).trim()
-        };
+        let cut =
+            |part: PartId, heard: &str| interrupted && heard.trim() != generated_of(part).trim();
         // A part spoken as its own message: that message (if anything of it
         // was heard) and what was heard.
         let spoken_part = |part: PartId| -> (Option<ChatMessage>, String) {
@@ -487,10 +480,7 @@ mod tests {
             out.messages[0].reasoning.as_deref(),
             Some("need availability")
         );
-        assert_eq!(
-            out.spoken,
-            "Let me check. One moment. It is free at seven."
-        );
+        assert_eq!(out.spoken, "Let me check. One moment. It is free at seven.");
         assert!(!out.interrupted);
     }
 
@@ -527,11 +517,21 @@ mod tests {
             true,
         );
         let shape = shape(&out.messages);
-        assert_eq!(shape[0], "calls[functions.availability:0,functions.weather:1] \"Let me check.\"");
+        assert_eq!(
+            shape[0],
+            "calls[functions.availability:0,functions.weather:1] \"Let me check.\""
+        );
         assert_eq!(shape[3], "\"One\" (cut)");
         assert_eq!(shape.len(), 4, "the final text was never heard: {shape:?}");
         assert_eq!(out.spoken, "Let me check. One");
-        assert_eq!(out.parts, vec![(0, "Let me check.".into()), (1, "One".into()), (2, String::new())]);
+        assert_eq!(
+            out.parts,
+            vec![
+                (0, "Let me check.".into()),
+                (1, "One".into()),
+                (2, String::new())
+            ]
+        );
     }
 
     #[test]

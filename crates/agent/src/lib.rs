@@ -32,8 +32,8 @@ pub mod tool;
 pub mod turn;
 pub mod vad;
 
-pub use audio::{AudioFrame, FrameConverter, Resampler};
 pub use agents::{Agent, LlmOptions, ToolChoice};
+pub use audio::{AudioFrame, FrameConverter, Resampler};
 pub use chat::{ChatContext, ChatMessage, HistoryLimit, Role, ToolCall};
 pub use clock::{Clock, MediaClockDriver};
 pub use playout::{PlaybackEvent, Playout, PlayoutControl, PlayoutReader, PlayoutWriter, playout};

@@ -31,8 +31,8 @@ use crate::audio::{AudioFrame, duration_of};
 pub enum PlaybackEvent {
     /// The first frame of generation `generation` went to the sink.
     Started { generation: u64 },
-    /// Every frame of `part` was played (a later part began, or the
-    /// generation ended).
+    /// Every frame of `part` was played (the writer marked its end, see
+    /// [`PlayoutWriter::end_part`]).
     PartPlayed { generation: u64, part: u32 },
     /// Generation `generation` is over: played to its end, or cleared.
     Finished {
@@ -60,6 +60,11 @@ enum Item {
         part: u32,
         frame: AudioFrame,
         text: String,
+    },
+    /// The frames of `part` before this are all it has.
+    PartEnd {
+        generation: u64,
+        part: u32,
     },
     End {
         generation: u64,
@@ -153,6 +158,16 @@ impl PlayoutWriter {
                 frame,
                 text,
             })
+            .await
+            .map_err(|_| PlayoutClosed)
+    }
+
+    /// Marks the end of a part's audio: the session hears of it
+    /// ([`PlaybackEvent::PartPlayed`]) once the sink has taken every frame
+    /// queued before.
+    pub async fn end_part(&self, generation: u64, part: u32) -> Result<(), PlayoutClosed> {
+        self.tx
+            .send(Item::PartEnd { generation, part })
             .await
             .map_err(|_| PlayoutClosed)
     }
@@ -334,15 +349,8 @@ impl PlayoutReader {
                     }
                 });
                 active.samples += frame.samples_per_channel();
-                let last = active.parts.last().map(|(p, _)| *p);
-                let new_part = last != Some(part);
+                let new_part = active.parts.last().map(|(p, _)| *p) != Some(part);
                 if new_part {
-                    if let Some(done) = last {
-                        self.shared.emit(PlaybackEvent::PartPlayed {
-                            generation,
-                            part: done,
-                        });
-                    }
                     active.parts.push((part, String::new()));
                 }
                 if !text.is_empty() {
@@ -363,25 +371,20 @@ impl PlayoutReader {
                 }
                 Some(Playout::Frame(frame))
             }
+            Item::PartEnd { generation, part } if generation == current => {
+                self.shared
+                    .emit(PlaybackEvent::PartPlayed { generation, part });
+                None
+            }
             Item::End { generation } if generation == current => {
-                match &self.active {
-                    Some(a) => {
-                        if let Some((part, _)) = a.parts.last() {
-                            self.shared.emit(PlaybackEvent::PartPlayed {
-                                generation,
-                                part: *part,
-                            });
-                        }
-                    }
-                    None => {
-                        // A reply with no audio at all still ends.
-                        self.active = Some(Active {
-                            generation,
-                            samples: 0,
-                            text: String::new(),
-                            parts: Vec::new(),
-                        });
-                    }
+                if self.active.is_none() {
+                    // A reply with no audio at all still ends.
+                    self.active = Some(Active {
+                        generation,
+                        samples: 0,
+                        text: String::new(),
+                        parts: Vec::new(),
+                    });
                 }
                 self.finish(false);
                 None
@@ -421,16 +424,15 @@ mod tests {
         let (w, c, mut r) = playout(1000, 16);
         let g = c.begin();
         for (part, word) in [(0, "one "), (1, "two "), (1, "three "), (2, "four")] {
-            w.push(g, part, frame(100), word.into()).await.expect("push");
+            w.push(g, part, frame(100), word.into())
+                .await
+                .expect("push");
+            if word == "one " {
+                w.end_part(g, 0).await.expect("part end");
+            }
         }
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
-        assert_eq!(
-            c.played_parts(g),
-            vec![(0, "one ".to_string()), (1, "two ".to_string())]
-        );
-        c.clear();
-        assert!(matches!(r.recv().await, Some(Playout::Cleared)));
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::Started { generation: g })
@@ -440,8 +442,15 @@ mod tests {
             Some(PlaybackEvent::PartPlayed {
                 generation: g,
                 part: 0
-            })
+            }),
+            "part 0 ended before part 1's frame was taken"
         );
+        assert_eq!(
+            c.played_parts(g),
+            vec![(0, "one ".to_string()), (1, "two ".to_string())]
+        );
+        c.clear();
+        assert!(matches!(r.recv().await, Some(Playout::Cleared)));
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::Finished {
@@ -473,13 +482,6 @@ mod tests {
         w.end(g).await.expect("end");
         assert!(r.try_recv().is_none());
         let _ = c.try_event();
-        assert_eq!(
-            c.try_event(),
-            Some(PlaybackEvent::PartPlayed {
-                generation: g,
-                part: 0
-            })
-        );
         assert!(matches!(
             c.try_event(),
             Some(PlaybackEvent::Finished {

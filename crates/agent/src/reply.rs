@@ -111,23 +111,29 @@ impl ReplyJob {
     }
 }
 
-/// A sentence for the TTS: its part, text, and when its last token came.
-struct Sentence {
-    part: PartId,
-    text: String,
-    last_token: Instant,
+/// What goes to the TTS side, in order.
+enum Speech {
+    /// A sentence of `part`; `last_token`: when its last token came.
+    Sentence {
+        part: PartId,
+        text: String,
+        last_token: Instant,
+    },
+    /// `part` has no more sentences (sent for the parts someone waits on).
+    PartEnd(PartId),
 }
 
 /// Runs a reply to its end.
 pub(crate) async fn run(job: ReplyJob) {
-    // Aborting this task drops the guard: every tool's token fires.
+    // Aborting this task drops the guard: every tool's token fires. A reply
+    // that runs to its end disarms it (nothing was cancelled).
     let cancel = CancellationToken::new();
-    let _cancel_on_drop = cancel.clone().drop_guard();
+    let cancel_on_abort = cancel.clone().drop_guard();
     // The TTS stream is opened while the LLM thinks, so its connection setup
     // is off the critical path.
     let (tts_tx, audio) = match (&job.tts, &job.output) {
         (Some(tts), Some((writer, generation))) => {
-            let (tx, rx) = mpsc::channel::<Sentence>(16);
+            let (tx, rx) = mpsc::channel::<Speech>(16);
             let audio = pump_audio(tts.clone(), rx, writer.clone(), *generation, &job);
             (Some(tx), Some(audio))
         }
@@ -147,18 +153,19 @@ pub(crate) async fn run(job: ReplyJob) {
             }
         }
     }
+    cancel_on_abort.disarm();
 }
 
 /// Sends sentences to the TTS, if there is one.
 struct Speaker {
-    sentences: Option<mpsc::Sender<Sentence>>,
+    sentences: Option<mpsc::Sender<Speech>>,
 }
 
 impl Speaker {
     async fn send(&self, part: PartId, text: String, last_token: Instant) {
         if let Some(tx) = &self.sentences {
             let _ = tx
-                .send(Sentence {
+                .send(Speech::Sentence {
                     part,
                     text,
                     last_token,
@@ -167,7 +174,7 @@ impl Speaker {
         }
     }
 
-    /// Speaks a whole text, sentence by sentence.
+    /// Speaks a whole text, sentence by sentence, and marks the part's end.
     async fn speak(&self, part: PartId, text: &str, now: Instant) {
         let mut splitter = SentenceSplitter::new();
         for sentence in splitter.push(text) {
@@ -176,13 +183,16 @@ impl Speaker {
         if let Some(rest) = splitter.finish() {
             self.send(part, rest, now).await;
         }
+        if let Some(tx) = &self.sentences {
+            let _ = tx.send(Speech::PartEnd(part)).await;
+        }
     }
 }
 
 /// The LLM side: requests, tool steps, sentences out.
 async fn generate(
     job: &ReplyJob,
-    sentences: Option<mpsc::Sender<Sentence>>,
+    sentences: Option<mpsc::Sender<Speech>>,
     cancel: &CancellationToken,
 ) {
     let speaker = Speaker { sentences };
@@ -385,9 +395,8 @@ async fn run_tools(
         );
         let tool = tools.get(&call.name).cloned();
         let default_timeout = limits.timeout;
-        running.push(
-            run_call(tool, call.clone(), ctx, default_timeout).map(move |out| (index, out)),
-        );
+        running
+            .push(run_call(tool, call.clone(), ctx, default_timeout).map(move |out| (index, out)));
     }
     for (index, result) in results.iter().enumerate() {
         if let Some(output) = result {
@@ -548,13 +557,14 @@ async fn fail(
     job.record(Record::Failed { apology }).await;
 }
 
-/// Which part each TTS output belongs to. The TTS contract: summed over a
-/// segment, its outputs' text is the segment, so a segment's outputs end
-/// when its text is used up.
+/// Which part each TTS output belongs to, and when a part is over. The TTS
+/// contract: summed over a segment, its outputs' text is the segment, so a
+/// segment's outputs end when its text is used up.
 #[derive(Default)]
 struct Attribution {
-    /// Segments sent and not yet fully spoken: part and text bytes left.
-    pending: VecDeque<(PartId, usize)>,
+    /// Segments sent and not yet fully spoken: part, text bytes left, and
+    /// whether the part ends with it.
+    pending: VecDeque<(PartId, usize, bool)>,
     /// The part of the last segment used up.
     last: PartId,
 }
@@ -562,22 +572,37 @@ struct Attribution {
 impl Attribution {
     fn sent(&mut self, part: PartId, len: usize) {
         if len > 0 {
-            self.pending.push_back((part, len));
+            self.pending.push_back((part, len, false));
         }
     }
 
-    /// The part of an output carrying `len` bytes of text.
-    fn take(&mut self, len: usize) -> PartId {
+    /// `part` has no more segments. True when it is over already (nothing
+    /// of it is pending); else it ends with its last pending segment.
+    fn part_ended(&mut self, part: PartId) -> bool {
+        match self.pending.iter_mut().rev().find(|(p, _, _)| *p == part) {
+            Some(last) => {
+                last.2 = true;
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The part of an output carrying `len` bytes of text, and whether that
+    /// part is now over.
+    fn take(&mut self, len: usize) -> (PartId, bool) {
         let Some(front) = self.pending.front_mut() else {
-            return self.last;
+            return (self.last, false);
         };
         let part = front.0;
         front.1 = front.1.saturating_sub(len);
-        if front.1 == 0 {
-            self.last = part;
-            self.pending.pop_front();
+        if front.1 > 0 {
+            return (part, false);
         }
-        part
+        let ended = front.2;
+        self.last = part;
+        self.pending.pop_front();
+        (part, ended)
     }
 }
 
@@ -585,7 +610,7 @@ impl Attribution {
 /// the playout queue at the output rate, then marks the generation's end.
 async fn pump_audio(
     tts: Arc<dyn Tts>,
-    mut sentences: mpsc::Receiver<Sentence>,
+    mut sentences: mpsc::Receiver<Speech>,
     writer: PlayoutWriter,
     generation: u64,
     job: &ReplyJob,
@@ -602,23 +627,34 @@ async fn pump_audio(
         let input = stream.input;
         let mut output = stream.output;
         let attribution = Mutex::new(Attribution::default());
+        // Part ends go to the play side, the one writer of the playout, so
+        // an end is queued after the part's last frame.
+        let (ends_tx, mut ends_rx) = mpsc::channel::<PartId>(16);
         let feed = async {
-            while let Some(s) = sentences.recv().await {
+            while let Some(speech) = sentences.recv().await {
+                let (part, text, last_token) = match speech {
+                    Speech::Sentence {
+                        part,
+                        text,
+                        last_token,
+                    } => (part, text, last_token),
+                    Speech::PartEnd(part) => {
+                        let _ = ends_tx.send(part).await;
+                        continue;
+                    }
+                };
                 if let Ok(mut a) = attribution.lock() {
-                    a.sent(s.part, s.text.len());
+                    a.sent(part, text.len());
                 }
-                if input.send(TtsInput::Segment(s.text)).await.is_err() {
+                if input.send(TtsInput::Segment(text)).await.is_err() {
                     break;
                 }
                 let sent = job.clock.now();
-                job.record(Record::SentenceToTts {
-                    last_token: s.last_token,
-                    sent,
-                })
-                .await;
+                job.record(Record::SentenceToTts { last_token, sent }).await;
             }
             // Dropping `input` tells the TTS no more segments come.
             drop(input);
+            drop(ends_tx);
         };
         let play = async {
             let mut converter = FrameConverter::new(writer.sample_rate());
@@ -626,7 +662,26 @@ async fn pump_audio(
             // Whether the text queued so far needs a space before more: each
             // segment's text is a trimmed sentence.
             let mut needs_space = false;
-            while let Some(chunk) = output.recv().await {
+            let mut ends_open = true;
+            loop {
+                let chunk = tokio::select! {
+                    chunk = output.recv() => match chunk {
+                        Some(chunk) => chunk,
+                        None => break,
+                    },
+                    part = ends_rx.recv(), if ends_open => {
+                        match part {
+                            Some(part) => {
+                                let over = attribution.lock().is_ok_and(|mut a| a.part_ended(part));
+                                if over && writer.end_part(generation, part).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => ends_open = false,
+                        }
+                        continue;
+                    }
+                };
                 match chunk {
                     Ok(audio) => {
                         if first {
@@ -636,7 +691,7 @@ async fn pump_audio(
                             })
                             .await;
                         }
-                        let part = attribution
+                        let (part, part_over) = attribution
                             .lock()
                             .map(|mut a| a.take(audio.text.len()))
                             .unwrap_or_default();
@@ -660,6 +715,9 @@ async fn pump_audio(
                                 return;
                             }
                         }
+                        if part_over && writer.end_part(generation, part).await.is_err() {
+                            return;
+                        }
                     }
                     Err(e) => {
                         warn!(reply = id, error = %e, "TTS failed mid-reply");
@@ -670,8 +728,13 @@ async fn pump_audio(
         };
         futures::join!(feed, play);
     } else {
-        // Drain so the LLM side never blocks on a full channel.
-        while sentences.recv().await.is_some() {}
+        // Drain so the LLM side never blocks on a full channel; nothing is
+        // played, so every part is over as soon as it ends.
+        while let Some(speech) = sentences.recv().await {
+            if let Speech::PartEnd(part) = speech {
+                let _ = writer.end_part(generation, part).await;
+            }
+        }
     }
     let _ = writer.end(generation).await;
 }
@@ -685,15 +748,26 @@ mod tests {
         let mut a = Attribution::default();
         a.sent(0, 6); // "Hello."
         a.sent(1, 11); // "One moment."
+        a.sent(1, 5); // "Sure."
+        assert!(!a.part_ended(1), "part 1 still has audio to come");
         // Leading audio without text belongs to the segment being spoken.
-        assert_eq!(a.take(0), 0);
-        assert_eq!(a.take(6), 0);
-        assert_eq!(a.take(0), 1);
-        assert_eq!(a.take(4), 1);
-        assert_eq!(a.take(7), 1);
+        assert_eq!(a.take(0), (0, false));
+        assert_eq!(a.take(6), (0, false));
+        assert_eq!(a.take(0), (1, false));
+        assert_eq!(a.take(4), (1, false));
+        assert_eq!(a.take(7), (1, false), "a segment of part 1 is left");
+        assert_eq!(a.take(5), (1, true), "its last segment ends the part");
         // Nothing pending: trailing audio stays with the last part.
-        assert_eq!(a.take(0), 1);
-        assert_eq!(a.take(3), 1, "more text than promised is not a panic");
+        assert_eq!(a.take(0), (1, false));
+        assert_eq!(
+            a.take(3),
+            (1, false),
+            "more text than promised is not a panic"
+        );
+        assert!(
+            a.part_ended(2),
+            "a part with nothing pending is over at once"
+        );
     }
 
     #[test]

@@ -41,8 +41,7 @@ use crate::ledger::{Heard, Ledger, PartId, Record};
 use crate::playout::{PlaybackEvent, PlayoutControl, PlayoutWriter};
 use crate::reply::{self, ReplyEvent, ReplyJob, ReplyKind, ReplyScope, ScopedSay};
 use crate::stage::{
-    JobContext, Llm, StageError, Stt, SttEvent, SttInput, Tts, TurnDetector, TurnInput,
-    VadFactory,
+    JobContext, Llm, StageError, Stt, SttEvent, SttInput, Tts, TurnDetector, TurnInput, VadFactory,
 };
 use crate::tool::{SessionContext, Userdata};
 use crate::turn::{Action, AgentState, Input, ReplyId, TurnMachine, TurnOptions, TurnTiming};
@@ -355,7 +354,9 @@ impl SessionHandle {
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Command::Speak {
-                kind: ReplyKind::Generate((!instructions.trim().is_empty()).then_some(instructions)),
+                kind: ReplyKind::Generate(
+                    (!instructions.trim().is_empty()).then_some(instructions),
+                ),
                 allow_interruptions: true,
                 done,
             })
@@ -1008,6 +1009,7 @@ impl Actor {
         }
         info!(reply = id, user = %text, "user turn");
         self.chat.push(ChatMessage::user(text.clone()));
+        self.bound_history();
         self.emit(SessionEvent::UserTurn { reply: id, text }).await;
         self.start_reply(id, ReplyKind::Answer, Some(timing), None)
             .await;
@@ -1142,7 +1144,11 @@ impl Actor {
                 self.emit(SessionEvent::ToolCalls { reply: id, calls })
                     .await;
             }
-            Record::ToolResult { step, index, output } => {
+            Record::ToolResult {
+                step,
+                index,
+                output,
+            } => {
                 let call_id = self
                     .reply
                     .as_ref()
@@ -1155,10 +1161,8 @@ impl Actor {
                 })
                 .await;
             }
-            Record::Generated { .. } => {
-                if self.output.is_none() {
-                    self.finish_reply(Heard::All, false).await;
-                }
+            Record::Generated { .. } if self.output.is_none() => {
+                self.finish_reply(Heard::All, false).await;
             }
             _ => {}
         }
@@ -1220,6 +1224,13 @@ impl Actor {
         }
     }
 
+    fn bound_history(&mut self) {
+        let dropped = self.chat.truncate(&self.options.history);
+        if dropped > 0 {
+            debug!(dropped, "history over its limit: oldest messages dropped");
+        }
+    }
+
     /// The reply is over: record what the user heard and tell the machine.
     async fn finish_reply(&mut self, heard: Heard, interrupted: bool) {
         let Some(reply) = self.reply.take() else {
@@ -1233,10 +1244,7 @@ impl Actor {
         for message in outcome.messages {
             self.chat.push(message);
         }
-        let dropped = self.chat.truncate(&self.options.history);
-        if dropped > 0 {
-            debug!(dropped, "history over its limit: oldest messages dropped");
-        }
+        self.bound_history();
         for (part, done) in reply.waiters {
             let heard = outcome
                 .parts

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::audio::AudioFrame;
 use crate::agents::LlmOptions;
+use crate::audio::AudioFrame;
 use crate::chat::{ChatMessage, ToolCall};
 use crate::tool::ToolSpec;
 

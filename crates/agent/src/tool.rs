@@ -89,7 +89,10 @@ pub enum ToolOutput {
     /// Hand the conversation to another agent: the history carries over, the
     /// new agent's instructions and tools apply from the next request on.
     /// `message` is the result the model's history keeps for this call.
-    Handoff { agent: Agent, message: Option<String> },
+    Handoff {
+        agent: Agent,
+        message: Option<String>,
+    },
 }
 
 impl ToolOutput {
@@ -550,9 +553,7 @@ mod tests {
         let book = tool(
             "book",
             "Book a table",
-            |_ctx: ToolContext, b: Booking| async move {
-                Ok(format!("{} at {}", b.party_size, b.time))
-            },
+            |_ctx: ToolContext, b: Booking| async move { Ok(format!("{} at {}", b.party_size, b.time)) },
         );
         let ctx = ToolContext::standalone(JobContext::default(), Userdata::default());
         let out = book

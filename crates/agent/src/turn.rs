@@ -1011,15 +1011,28 @@ mod tests {
         h.input(100, Input::SpeechStarted { at: start });
         h.input(700, Input::SpeechProgress { voiced: ms(600) });
         h.input(1300, Input::SpeechEnded { at: h.at(1000) });
-        h.input(1400, Input::Final { text: "stop please".into() });
+        h.input(
+            1400,
+            Input::Final {
+                text: "stop please".into(),
+            },
+        );
         h.advance(3000);
         assert!(h.has(&Action::Interrupt { reply: first }).is_some());
         assert!(h.has(&Action::DropReply { reply: queued }).is_some());
         assert_eq!(h.commits().len(), 1);
         let reply = h.m.active_reply().expect("answering the user");
         h.input(3100, Input::ReplyEnded { reply: first });
-        assert_eq!(h.m.active_reply(), Some(reply), "a stale end changes nothing");
-        assert_eq!(started(&h), vec![(0, first)], "the dropped reply never starts");
+        assert_eq!(
+            h.m.active_reply(),
+            Some(reply),
+            "a stale end changes nothing"
+        );
+        assert_eq!(
+            started(&h),
+            vec![(0, first)],
+            "the dropped reply never starts"
+        );
     }
 
     #[test]
@@ -1032,13 +1045,17 @@ mod tests {
         h.input(100, Input::SpeechStarted { at: start });
         h.input(900, Input::SpeechProgress { voiced: ms(800) });
         h.input(1800, Input::SpeechEnded { at: h.at(1500) });
-        h.input(1900, Input::Final { text: "hello hello".into() });
+        h.input(
+            1900,
+            Input::Final {
+                text: "hello hello".into(),
+            },
+        );
         h.advance(4000);
         assert!(
-            !h.log.iter().any(|(_, a)| matches!(
-                a,
-                Action::Interrupt { .. } | Action::PauseOutput { .. }
-            )),
+            !h.log
+                .iter()
+                .any(|(_, a)| matches!(a, Action::Interrupt { .. } | Action::PauseOutput { .. })),
             "{:?}",
             h.log
         );

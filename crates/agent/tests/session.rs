@@ -126,6 +126,9 @@ impl Stt for ScriptedStt {
 enum Reply {
     Text(&'static str),
     ToolCall,
+    /// Text (may be empty), then calls: (tool name, arguments), with
+    /// Kimi-style ids `functions.NAME:INDEX`.
+    Calls(&'static str, Vec<(&'static str, &'static str)>),
     Fail,
 }
 
@@ -180,6 +183,21 @@ impl Llm for ScriptedLlm {
                     finish_reason: Some("tool_calls".into()),
                 }),
             ],
+            Reply::Calls(text, calls) => text
+                .split_inclusive(' ')
+                .filter(|w| !w.is_empty())
+                .map(|w| Ok(LlmChunk::Text(w.to_string())))
+                .chain(calls.into_iter().enumerate().map(|(i, (name, args))| {
+                    Ok(LlmChunk::ToolCall(ToolCall {
+                        id: format!("functions.{name}:{i}"),
+                        name: name.into(),
+                        arguments: args.into(),
+                    }))
+                }))
+                .chain([Ok(LlmChunk::Done {
+                    finish_reason: Some("tool_calls".into()),
+                })])
+                .collect(),
             Reply::Fail => {
                 return Err(StageError::new(ErrorKind::Server, "HTTP 500"));
             }
@@ -280,6 +298,8 @@ struct Run {
     events: Vec<(Instant, SessionEvent)>,
     chat: ChatContext,
     t0: Instant,
+    /// How each `Act::Say`/`Act::Generate` ended, in the order they ended.
+    speeches: Arc<Mutex<Vec<SpeechDone>>>,
 }
 
 struct Setup {
@@ -292,6 +312,16 @@ struct Setup {
     llm: Vec<Reply>,
     detector: Option<f32>,
     opts: SessionOptions,
+    /// Done on the session's handle at these times (ms).
+    actions: Vec<(u64, Act)>,
+}
+
+#[derive(Clone)]
+enum Act {
+    Say(&'static str, bool),
+    Generate(&'static str),
+    Interrupt,
+    Text(&'static str),
 }
 
 impl Default for Setup {
@@ -305,6 +335,7 @@ impl Default for Setup {
             llm: vec![],
             detector: None,
             opts: SessionOptions::default(),
+            actions: vec![],
         }
     }
 }
@@ -351,6 +382,42 @@ async fn run(setup: Setup) -> Run {
             t += 20;
         }
     });
+    let speeches = Arc::new(Mutex::new(Vec::new()));
+    let actor = {
+        let handle = handle.clone();
+        let speeches = speeches.clone();
+        let actions = setup.actions.clone();
+        tokio::spawn(async move {
+            let mut waits = Vec::new();
+            for (at, act) in actions {
+                tokio::time::sleep_until(t0 + ms(at)).await;
+                let speech = match act {
+                    Act::Say(text, allow) => handle.say(text, allow).await.ok(),
+                    Act::Generate(instructions) => handle.generate_reply(instructions).await.ok(),
+                    Act::Interrupt => {
+                        let _ = handle.interrupt().await;
+                        None
+                    }
+                    Act::Text(text) => {
+                        let _ = handle.user_text(text).await;
+                        None
+                    }
+                };
+                if let Some(speech) = speech {
+                    let speeches = speeches.clone();
+                    waits.push(tokio::spawn(async move {
+                        if let Ok(done) = speech.wait().await {
+                            speeches.lock().unwrap().push(done);
+                        }
+                    }));
+                }
+            }
+            drop(handle);
+            for w in waits {
+                let _ = w.await;
+            }
+        })
+    };
     // The speaker: plays each frame for its duration.
     let sink = tokio::spawn(async move {
         while let Some(p) = reader.recv().await {
@@ -372,6 +439,8 @@ async fn run(setup: Setup) -> Run {
     }
     let chat = handle.history().await.expect("session alive");
     drop(handle);
+    actor.abort();
+    let _ = actor.await;
     mic.abort();
     let _ = mic.await;
     tokio::time::timeout(ms(1000), task)
@@ -389,6 +458,7 @@ async fn run(setup: Setup) -> Run {
         events: log,
         chat,
         t0,
+        speeches,
     }
 }
 
@@ -425,6 +495,25 @@ impl Run {
             })
             .collect()
     }
+    /// TTS segments: (ms, text).
+    fn segments(&self) -> Vec<(u64, String)> {
+        self.tts
+            .segments
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, s)| (self.at(*t), s.clone()))
+            .collect()
+    }
+    /// The history without the system message, one line each.
+    fn history(&self) -> Vec<String> {
+        self.chat
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(describe)
+            .collect()
+    }
     fn states(&self) -> Vec<AgentState> {
         self.events
             .iter()
@@ -433,6 +522,123 @@ impl Run {
                 _ => None,
             })
             .collect()
+    }
+}
+
+fn describe(m: &ChatMessage) -> String {
+    match m.role {
+        Role::Tool => format!(
+            "tool {}: {}",
+            m.tool_call_id.as_deref().unwrap_or("?"),
+            m.content
+        ),
+        Role::Assistant if !m.tool_calls.is_empty() => format!(
+            "calls {:?} {:?}",
+            m.tool_calls
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            m.content
+        ),
+        Role::Assistant => format!(
+            "assistant: {}{}",
+            m.content,
+            if m.interrupted { " [cut]" } else { "" }
+        ),
+        Role::User => format!("user: {}", m.content),
+        Role::System => format!("system: {}", m.content),
+    }
+}
+
+/// Every tool call answered by the tool messages right after it, and no tool
+/// message without its call: what Moonshot's API checks.
+fn calls_answered(messages: &[ChatMessage]) -> bool {
+    let mut open: Vec<&str> = Vec::new();
+    for m in messages {
+        if m.role == Role::Tool {
+            let Some(id) = m.tool_call_id.as_deref() else {
+                return false;
+            };
+            let Some(i) = open.iter().position(|o| *o == id) else {
+                return false;
+            };
+            open.remove(i);
+        } else {
+            if !open.is_empty() {
+                return false;
+            }
+            open = m.tool_calls.iter().map(|c| c.id.as_str()).collect();
+        }
+    }
+    open.is_empty()
+}
+
+/// A tool that takes `delay` (or until cancelled), optionally saying
+/// something first; it logs when it starts, finishes and is cancelled.
+#[derive(Clone)]
+struct SlowTool {
+    name: &'static str,
+    delay: Duration,
+    say: Option<&'static str>,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl SlowTool {
+    fn new(name: &'static str, delay_ms: u64) -> Self {
+        Self {
+            name,
+            delay: ms(delay_ms),
+            say: None,
+            log: Default::default(),
+        }
+    }
+    fn saying(mut self, text: &'static str) -> Self {
+        self.say = Some(text);
+        self
+    }
+    fn log(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Tool for SlowTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name.into(),
+            description: "takes its time".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        }
+    }
+    async fn call(
+        &self,
+        ctx: ToolContext,
+        _args: serde_json::Value,
+    ) -> Result<ToolOutput, ToolError> {
+        let note = |e: String| self.log.lock().unwrap().push((Instant::now(), e));
+        note(format!("{} started", self.name));
+        // Like a tool whose work goes on in a task of its own: the token is
+        // how it hears of the cancellation (the call's future is dropped).
+        let (token, log, name) = (ctx.cancellation().clone(), self.log.clone(), self.name);
+        tokio::spawn(async move {
+            token.cancelled().await;
+            log.lock()
+                .unwrap()
+                .push((Instant::now(), format!("{name} cancelled")));
+        });
+        if let Some(text) = self.say {
+            let speech = ctx.session().say(text, true).await?;
+            let done = speech.wait().await?;
+            note(format!("{} heard {:?}", self.name, done.heard));
+        }
+        tokio::time::sleep(self.delay).await;
+        note(format!("{} finished", self.name));
+        Ok(format!("{} done", self.name).into())
     }
 }
 
@@ -843,7 +1049,7 @@ async fn a_panicking_stage_ends_the_session_as_a_panic() {
                 tts: Some(Arc::new(WordTts::default())),
                 vad: Some(vad),
                 turn_detector: None,
-                },
+            },
             SessionOptions::default(),
             AudioIo {
                 input: Some(mic_rx),
@@ -904,5 +1110,456 @@ async fn a_turn_committed_over_a_paused_reply_records_what_was_heard_first() {
             (Role::User, "stop please".to_owned()),
             (Role::Assistant, "Okay, stopping.".to_owned()),
         ]
+    );
+}
+
+// ------------------------------------------------------------ agents and tools
+
+/// One spoken question answered through tools (both at once) in a second LLM
+/// request.
+fn tool_question(agent: Agent, calls: Reply, total_ms: u64) -> Setup {
+    Setup {
+        speech: vec![(1000, 2000)],
+        total_ms,
+        stt_script: vec!["is a table free tonight"],
+        llm: vec![calls, Reply::Text("Yes, at seven.")],
+        opts: SessionOptions {
+            agent,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_of_one_step_run_concurrently_and_results_follow_their_calls() {
+    let a = SlowTool::new("availability", 1000);
+    let b = SlowTool::new("weather", 1000);
+    let agent = Agent::new("You book tables.")
+        .tool(a.clone())
+        .tool(b.clone());
+    let r = run(tool_question(
+        agent,
+        Reply::Calls("", vec![("availability", "{}"), ("weather", "{}")]),
+        8000,
+    ))
+    .await;
+    let times = r.request_times();
+    assert_eq!(times.len(), 2, "{times:?}");
+    // Both take a second; one after the other they would take two.
+    let gap = times[1] - times[0];
+    assert!(
+        (1000..1100).contains(&gap),
+        "second request {gap} ms after the first"
+    );
+    let (_, second) = r.llm.requests()[1].clone();
+    assert!(calls_answered(&second.messages));
+    assert_eq!(
+        r.history(),
+        vec![
+            "user: is a table free tonight".to_string(),
+            "calls [\"functions.availability:0\", \"functions.weather:1\"] \"\"".into(),
+            "tool functions.availability:0: availability done".into(),
+            "tool functions.weather:1: weather done".into(),
+            "assistant: Yes, at seven.".into(),
+        ]
+    );
+    assert!(r.events.iter().any(|(_, e)| matches!(e,
+        SessionEvent::ToolResult { call_id, output, .. }
+            if call_id == "functions.weather:1" && output == "weather done")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_that_times_out_is_told_so_and_cancelled() {
+    let slow = SlowTool::new("availability", 60_000);
+    let mut setup = tool_question(
+        Agent::new("").tool(slow.clone()),
+        Reply::Calls("", vec![("availability", "{}")]),
+        8000,
+    );
+    setup.opts.tools.timeout = ms(1500);
+    let r = run(setup).await;
+    let times = r.request_times();
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!((1500..1600).contains(&(times[1] - times[0])));
+    let history = r.history();
+    assert_eq!(
+        history[2],
+        "tool functions.availability:0: error: the tool did not finish within 1.5 s"
+    );
+    assert_eq!(history[3], "assistant: Yes, at seven.");
+    assert_eq!(
+        slow.log(),
+        vec!["availability started", "availability cancelled"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interruption_cancels_running_tools_and_every_call_keeps_an_answer() {
+    let slow = SlowTool::new("availability", 20_000);
+    let fast = SlowTool::new("weather", 10);
+    let agent = Agent::new("").tool(slow.clone()).tool(fast.clone());
+    let r = run(Setup {
+        // The user talks over the tool's wait: long enough, with words.
+        speech: vec![(1000, 2000), (5000, 6000)],
+        total_ms: 12_000,
+        stt_script: vec!["is a table free tonight", "never mind"],
+        llm: vec![
+            Reply::Calls(
+                "Let me check that. ",
+                vec![("availability", "{}"), ("weather", "{}")],
+            ),
+            Reply::Text("Okay."),
+        ],
+        opts: SessionOptions {
+            agent,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        slow.log(),
+        vec!["availability started", "availability cancelled"]
+    );
+    let history = r.history();
+    assert_eq!(
+        history,
+        vec![
+            "user: is a table free tonight".to_string(),
+            "calls [\"functions.availability:0\", \"functions.weather:1\"] \"Let me check that.\""
+                .into(),
+            "tool functions.availability:0: cancelled: the user interrupted before this tool finished"
+                .into(),
+            "tool functions.weather:1: weather done".into(),
+            "user: never mind".into(),
+            "assistant: Okay.".into(),
+        ]
+    );
+    // The request answering the new turn carries a valid history.
+    let (_, last) = r.llm.requests().last().cloned().expect("requests");
+    assert!(calls_answered(&last.messages));
+    assert_eq!(
+        r.llm.requests().len(),
+        2,
+        "the cancelled step never asked again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_says_something_while_it_works_and_it_is_heard_before_its_result() {
+    let lookup = SlowTool::new("availability", 3000).saying("One moment while I look.");
+    let r = run(tool_question(
+        Agent::new("").tool(lookup.clone()),
+        Reply::Calls("", vec![("availability", "{}")]),
+        10_000,
+    ))
+    .await;
+    let segments = r.segments();
+    let said = segments
+        .iter()
+        .find(|(_, s)| s == "One moment while I look.")
+        .map(|(t, _)| *t)
+        .expect("the say went to the TTS");
+    let times = r.request_times();
+    assert!(said < times[0] + 100, "spoken at once: {said} ms");
+    assert_eq!(
+        lookup.log(),
+        vec![
+            "availability started",
+            "availability heard \"One moment while I look.\"",
+            "availability finished"
+        ],
+        "the tool's wait ended when the words were played"
+    );
+    assert!(times[1] > said + 3000, "the result came after: {times:?}");
+    let history = r.history();
+    assert_eq!(
+        &history[1..],
+        &[
+            "calls [\"functions.availability:0\"] \"\"".to_string(),
+            "tool functions.availability:0: availability done".into(),
+            "assistant: One moment while I look.".into(),
+            "assistant: Yes, at seven.".into(),
+        ]
+    );
+    let (_, second) = r.llm.requests()[1].clone();
+    assert_eq!(
+        second.messages.last().map(|m| m.content.as_str()),
+        Some("One moment while I look."),
+        "the next request knows what was said"
+    );
+    assert!(
+        r.spoken()
+            .iter()
+            .any(|(_, t, _)| t == "One moment while I look. Yes, at seven."),
+        "{:?}",
+        r.spoken()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_hands_over_and_the_next_agent_answers_with_its_instructions_and_tools() {
+    let specialist = Agent::new("You are the sommelier.")
+        .named("sommelier")
+        .tool(SlowTool::new("pairing", 10));
+    let host = Agent::new("You are the host.").named("host").tool(tool(
+        "ask_sommelier",
+        "Hand over to the wine expert",
+        move |_ctx: ToolContext, _: NoArgs| {
+            let next = specialist.clone();
+            async move { Ok(next) }
+        },
+    ));
+    let r = run(Setup {
+        speech: vec![(1000, 2000)],
+        total_ms: 8000,
+        stt_script: vec!["which wine goes with fish"],
+        llm: vec![
+            Reply::Calls("", vec![("ask_sommelier", "{}")]),
+            Reply::Text("A white, such as a Chablis."),
+        ],
+        opts: SessionOptions {
+            agent: host,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let requests = r.llm.requests();
+    assert_eq!(requests.len(), 2);
+    let (_, first) = &requests[0];
+    assert_eq!(first.messages[0].content, "You are the host.");
+    assert_eq!(
+        first
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["ask_sommelier"]
+    );
+    let (_, second) = &requests[1];
+    assert_eq!(second.messages[0].content, "You are the sommelier.");
+    assert_eq!(
+        second
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["pairing"]
+    );
+    assert!(calls_answered(&second.messages));
+    assert_eq!(
+        r.history(),
+        vec![
+            "user: which wine goes with fish".to_string(),
+            "calls [\"functions.ask_sommelier:0\"] \"\"".into(),
+            "tool functions.ask_sommelier:0: Transferred to sommelier.".into(),
+            "assistant: A white, such as a Chablis.".into(),
+        ]
+    );
+    assert_eq!(r.chat.messages[0].content, "You are the sommelier.");
+    assert!(r.events.iter().any(|(_, e)| matches!(e,
+        SessionEvent::AgentChanged { agent } if agent == "sommelier")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_enter_greets_before_the_user_speaks_and_the_greeting_is_kept() {
+    let agent = Agent::new("You are the host.").on_enter(|ctx| async move {
+        let _ = ctx.session().say("Welcome to Luigi's!", true).await;
+    });
+    let r = run(Setup {
+        speech: vec![(3000, 4000)],
+        total_ms: 8000,
+        stt_script: vec!["a table for two"],
+        llm: vec![Reply::Text("Of course.")],
+        opts: SessionOptions {
+            agent,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let segments = r.segments();
+    assert_eq!(segments[0].1, "Welcome to Luigi's!");
+    assert!(segments[0].0 < 100, "{segments:?}");
+    assert_eq!(
+        r.history(),
+        vec![
+            "assistant: Welcome to Luigi's!".to_string(),
+            "user: a table for two".into(),
+            "assistant: Of course.".into(),
+        ]
+    );
+    assert_eq!(r.llm.requests().len(), 1, "a say asks no LLM");
+}
+
+#[tokio::test(start_paused = true)]
+async fn generate_reply_adds_instructions_to_that_reply_only() {
+    let r = run(Setup {
+        total_ms: 4000,
+        llm: vec![Reply::Text("Hello Ana, welcome back.")],
+        opts: SessionOptions {
+            agent: Agent::new("You are the host."),
+            ..Default::default()
+        },
+        actions: vec![(100, Act::Generate("Greet the user by name: Ana."))],
+        ..Default::default()
+    })
+    .await;
+    let (_, request) = r.llm.requests()[0].clone();
+    assert_eq!(
+        request.messages[0].content,
+        "You are the host.\n\nGreet the user by name: Ana."
+    );
+    assert_eq!(r.chat.messages[0].content, "You are the host.");
+    assert_eq!(r.history(), vec!["assistant: Hello Ana, welcome back."]);
+    let speeches = r.speeches.lock().unwrap().clone();
+    assert_eq!(speeches.len(), 1);
+    assert_eq!(speeches[0].heard, "Hello Ana, welcome back.");
+    assert!(!speeches[0].interrupted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn says_queue_in_order_and_one_that_disallows_interruptions_is_not_cut_by_speech() {
+    let long = "Please listen carefully, as our menu options have changed recently.";
+    let r = run(Setup {
+        // The user talks over the first say, long enough to interrupt anything else.
+        speech: vec![(500, 1500)],
+        total_ms: 12_000,
+        stt_script: vec!["hello hello"],
+        opts: SessionOptions::default(),
+        actions: vec![
+            (0, Act::Say(long, false)),
+            (10, Act::Say("Thank you.", true)),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let speeches = r.speeches.lock().unwrap().clone();
+    assert_eq!(speeches.len(), 2, "{speeches:?}");
+    assert_eq!(speeches[0].heard, long);
+    assert!(!speeches[0].interrupted);
+    assert_eq!(speeches[1].heard, "Thank you.");
+    let texts: Vec<String> = r.segments().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(texts, vec![long.to_string(), "Thank you.".into()]);
+    assert!(
+        r.llm.requests().is_empty(),
+        "words over an uninterruptible say are not a turn"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn interrupt_cuts_the_reply_in_progress_and_drops_the_queue() {
+    let long = "One two three four five six seven eight nine ten eleven twelve.";
+    let r = run(Setup {
+        total_ms: 8000,
+        actions: vec![
+            (0, Act::Say(long, false)),
+            (10, Act::Say("Never heard.", true)),
+            (1000, Act::Interrupt),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let speeches = r.speeches.lock().unwrap().clone();
+    assert_eq!(speeches.len(), 2);
+    let cut = speeches
+        .iter()
+        .find(|s| !s.heard.is_empty())
+        .expect("the first");
+    assert!(cut.interrupted && long.starts_with(&cut.heard) && cut.heard.len() < long.len());
+    assert!(speeches.iter().any(|s| s.heard.is_empty() && s.interrupted));
+    assert_eq!(r.history(), vec![format!("assistant: {} [cut]", cut.heard)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_tool_is_an_error_result_and_the_session_goes_on() {
+    let agent = Agent::new("").tool(tool(
+        "buggy",
+        "always panics",
+        |_ctx: ToolContext, _: NoArgs| async move {
+            if true {
+                panic!("bug in a tool");
+            }
+            Ok("never")
+        },
+    ));
+    let r = run(tool_question(
+        agent,
+        Reply::Calls("", vec![("buggy", "{}")]),
+        6000,
+    ))
+    .await;
+    assert_eq!(
+        r.history()[2],
+        "tool functions.buggy:0: error: the tool failed unexpectedly"
+    );
+    assert_eq!(r.history()[3], "assistant: Yes, at seven.");
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_beyond_the_cap_are_answered_unrun_and_long_results_are_cut() {
+    let big = tool(
+        "big",
+        "a huge result",
+        |_ctx: ToolContext, _: NoArgs| async move { Ok("x".repeat(50)) },
+    );
+    let mut setup = tool_question(
+        Agent::new("").tool(big),
+        Reply::Calls("", vec![("big", "{}"), ("big", "{}"), ("big", "{}")]),
+        6000,
+    );
+    setup.opts.tools.max_calls_per_step = 2;
+    setup.opts.tools.max_result_chars = 10;
+    let r = run(setup).await;
+    let history = r.history();
+    assert_eq!(
+        history[2],
+        "tool functions.big:0: xxxxxxxxxx … [40 more bytes cut]"
+    );
+    assert_eq!(
+        history[3],
+        "tool functions.big:1: xxxxxxxxxx … [40 more bytes cut]"
+    );
+    assert_eq!(
+        history[4],
+        "tool functions.big:2: error: not run: at most 2 tool calls are run per step"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_history_keeps_to_its_limit() {
+    let r = run(Setup {
+        total_ms: 6000,
+        llm: vec![
+            Reply::Text("One."),
+            Reply::Text("Two."),
+            Reply::Text("Three."),
+        ],
+        opts: SessionOptions {
+            agent: Agent::new("Be brief."),
+            history: HistoryLimit {
+                max_messages: Some(3),
+                max_chars: None,
+            },
+            ..Default::default()
+        },
+        actions: vec![
+            (0, Act::Text("a")),
+            (1500, Act::Text("b")),
+            (3000, Act::Text("c")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(r.chat.messages[0].content, "Be brief.");
+    assert_eq!(r.history(), vec!["user: c", "assistant: Three."]);
+    // The last request carried what was kept.
+    let (_, last) = r.llm.requests().last().cloned().expect("requests");
+    assert_eq!(
+        last.messages.iter().map(describe).collect::<Vec<_>>(),
+        vec!["system: Be brief.", "assistant: Two.", "user: c"],
+        "a request never carries more than the limit"
     );
 }

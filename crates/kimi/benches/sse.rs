@@ -166,6 +166,7 @@ fn end_to_end_loopback() {
                 messages: vec![ChatMessage::user("hello")],
                 tools: vec![],
                 job: JobContext::default(),
+                options: Default::default(),
             };
             let Ok(mut stream) = llm.chat(request).await else {
                 println!("end to end: request failed");

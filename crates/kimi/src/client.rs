@@ -4,18 +4,21 @@
 //!
 //! A request's life: [`Llm::chat`] builds a `Driver` and runs its connect
 //! phase until a target answers 200 (or every target has failed: the first
-//! failure is returned). The stream then reads the body chunk by chunk, each
-//! read bounded by the idle timeout, feeding the [`Decoder`]. A failure before
-//! the first text or tool call goes back to the connect phase (retry, then the
-//! next fallback); after it, the error is delivered and the stream ends, so no
-//! text is ever spoken twice. Dropping the stream drops the response and so
-//! closes the connection.
+//! failure is returned). Each target's body is its resolved fields
+//! ([`TargetParams`]: `extra_kwargs`, thinking switch, fixed sampling) with
+//! the request's [`agent::LlmOptions`] on top. The stream then reads the body
+//! chunk by chunk, each read bounded by the idle timeout, feeding the
+//! [`Decoder`]. A failure before the first text, reasoning or tool call goes
+//! back to the connect phase (retry, then the next fallback); after it, the
+//! error is delivered and the stream ends, so nothing is ever delivered (or
+//! spoken) twice. Dropping the stream drops the response and so closes the
+//! connection.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use agent::{JobContext, Llm, LlmChunk, LlmRequest, LlmStream, StageError};
+use agent::{JobContext, Llm, LlmChunk, LlmOptions, LlmRequest, LlmStream, StageError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,9 +26,10 @@ use serde_json::{Map, Value};
 
 use crate::auth::Credentials;
 use crate::catalogue;
-use crate::config::{BASETEN_URL, Backend, KimiConfig, LIVEKIT_INFERENCE_URL, RESERVED_BODY_KEYS};
+use crate::config::{BASETEN_URL, Backend, KimiConfig, LIVEKIT_INFERENCE_URL, ThinkingFormat};
 use crate::decode::{self, DecodeError, Decoder};
 use crate::error::{KimiError, Redactor};
+use crate::params::TargetParams;
 use crate::request;
 use crate::retry;
 
@@ -71,7 +75,8 @@ struct Target {
     credentials: Credentials,
     /// The `X-LiveKit-Inference-Provider` value (LiveKit only).
     provider: Option<HeaderValue>,
-    extra_kwargs: Map<String, Value>,
+    /// The body fields every request to this target carries.
+    params: TargetParams,
 }
 
 impl fmt::Debug for KimiLlm {
@@ -94,7 +99,9 @@ impl KimiLlm {
     /// Validates `config`, resolves credentials through `env` (pass
     /// `&|k| std::env::var(k).ok()`), and gets the process's HTTP client.
     /// Missing credentials fail with [`KimiError::MissingCredentials`], which
-    /// names the variables to set.
+    /// names the variables to set; `extra_kwargs` a model refuses (a
+    /// `temperature` or `top_p` Kimi K2.5/K2.6 do not accept, a reserved key)
+    /// fail with [`KimiError::Config`], which names the key.
     pub fn new(
         config: &KimiConfig,
         env: &dyn Fn(&str) -> Option<String>,
@@ -109,6 +116,8 @@ impl KimiLlm {
                 base_url: config.base_url.as_deref(),
                 api_key_env: config.api_key_env.as_deref(),
                 extra_kwargs: &config.extra_kwargs,
+                thinking: config.thinking,
+                thinking_format: config.thinking_format,
             },
             &config.identity,
             env,
@@ -123,6 +132,8 @@ impl KimiLlm {
                     base_url: fb.base_url.as_deref(),
                     api_key_env: fb.api_key_env.as_deref(),
                     extra_kwargs: fb.extra_kwargs.as_ref().unwrap_or(&config.extra_kwargs),
+                    thinking: fb.thinking.or(config.thinking),
+                    thinking_format: fb.thinking_format,
                 },
                 &config.identity,
                 env,
@@ -170,6 +181,16 @@ impl KimiLlm {
     pub fn targets(&self) -> Vec<String> {
         self.inner.targets.iter().map(|t| t.label.clone()).collect()
     }
+
+    /// The thinking mode in force for each target, primary first (`None`
+    /// when unknown: a model the catalogue does not know, and no switch set).
+    pub fn thinking(&self) -> Vec<Option<bool>> {
+        self.inner
+            .targets
+            .iter()
+            .map(|t| t.params.thinking())
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -210,6 +231,8 @@ struct TargetSpec<'a> {
     base_url: Option<&'a str>,
     api_key_env: Option<&'a str>,
     extra_kwargs: &'a Map<String, Value>,
+    thinking: Option<bool>,
+    thinking_format: Option<ThinkingFormat>,
 }
 
 impl Target {
@@ -224,20 +247,6 @@ impl Target {
             return Err(KimiError::Config(format!(
                 "model is empty for the {} backend",
                 spec.backend.as_str()
-            )));
-        }
-        if let Some(key) = spec
-            .extra_kwargs
-            .keys()
-            .find(|k| RESERVED_BODY_KEYS.contains(&k.as_str()))
-        {
-            return Err(KimiError::Config(format!(
-                "extra_kwargs may not set {key:?}: the client sets it{}",
-                if key == "provider" {
-                    " (use the provider key, sent as a header)"
-                } else {
-                    ""
-                }
             )));
         }
         let base = match (spec.backend, spec.base_url) {
@@ -258,6 +267,11 @@ impl Target {
             .ok_or_else(|| {
                 KimiError::Config(format!("the base URL for {label} is not an http(s) URL"))
             })?;
+        let format = spec
+            .thinking_format
+            .unwrap_or_else(|| ThinkingFormat::default_for(spec.backend, Some(base.trim())));
+        let params =
+            TargetParams::resolve(&label, spec.model, format, spec.thinking, spec.extra_kwargs)?;
         let provider = match (spec.backend, spec.provider) {
             (Backend::Livekit, Some(p)) if !p.trim().is_empty() => {
                 if matches!(p, "livekit" | "openai-compatible") {
@@ -281,7 +295,7 @@ impl Target {
             endpoint,
             credentials,
             provider,
-            extra_kwargs: spec.extra_kwargs.clone(),
+            params,
         })
     }
 
@@ -321,6 +335,8 @@ struct Driver {
     job: JobContext,
     messages: Value,
     tools: Value,
+    /// The agent's per-request options, merged into each target's fields.
+    options: LlmOptions,
     /// Index into `inner.targets` of the target being tried.
     target: usize,
     /// Retries already spent on the current target.
@@ -328,7 +344,8 @@ struct Driver {
     /// The open response; dropping it closes the connection.
     response: Option<reqwest::Response>,
     decoder: Decoder,
-    /// Text or a tool call has been delivered: from then on, no retry.
+    /// Text, reasoning or a tool call has been delivered: from then on, no
+    /// retry (a consumer keeps all three, so none may come twice).
     delivered_token: bool,
     /// The primary's failure, reported if every target fails.
     first_error: Option<KimiError>,
@@ -344,6 +361,7 @@ impl Driver {
             inner,
             messages: request::messages_json(&request.messages),
             tools: request::tools_json(&request.tools),
+            options: request.options,
             job: request.job,
             target: 0,
             retries: 0,
@@ -437,11 +455,21 @@ impl Driver {
     /// One HTTP request to `target`, up to the response head.
     async fn attempt(&self, target: &Target) -> Result<reqwest::Response, KimiError> {
         let inner = &self.inner;
+        let has_tools = self.tools.as_array().is_some_and(|t| !t.is_empty());
+        let (fields, dropped) = target.params.request_fields(&self.options, has_tools);
+        for d in &dropped {
+            tracing::warn!(
+                target_model = target.label.as_str(),
+                key = d.key.as_str(),
+                "LLM request option not sent: {}",
+                d.why
+            );
+        }
         let body = Bytes::from(request::body(
             &target.model,
             &self.messages,
             &self.tools,
-            &target.extra_kwargs,
+            &fields,
         ));
         let mut req = inner
             .client
@@ -599,7 +627,9 @@ impl Driver {
         loop {
             if let Some(chunk) = self.decoder.next_chunk() {
                 match &chunk {
-                    LlmChunk::Text(_) | LlmChunk::ToolCall(_) => self.delivered_token = true,
+                    LlmChunk::Text(_) | LlmChunk::Reasoning(_) | LlmChunk::ToolCall(_) => {
+                        self.delivered_token = true
+                    }
                     LlmChunk::Done { .. } => self.finished = true,
                     LlmChunk::Usage(_) => {}
                 }
@@ -743,6 +773,55 @@ mod tests {
         ));
         config.base_url = None;
         assert!(KimiLlm::new(&config, &env).is_ok());
+    }
+
+    #[test]
+    fn sampling_k2_6_refuses_fails_construction_for_primary_and_fallbacks() {
+        let env = |k: &str| {
+            k.starts_with("LIVEKIT_API")
+                .then(|| "value-1234".to_string())
+        };
+        let mut config = KimiConfig::default();
+        config
+            .extra_kwargs
+            .insert("temperature".into(), Value::from(0.7));
+        let e = KimiLlm::new(&config, &env).unwrap_err();
+        let KimiError::Config(m) = &e else {
+            panic!("{e}")
+        };
+        assert!(m.contains("extra_kwargs.temperature = 0.7"), "{m}");
+        assert!(m.contains("only temperature = 0.6"), "{m}");
+        assert!(m.starts_with("livekit/moonshotai/kimi-k2.6"), "{m}");
+
+        // Thinking on: 1.0 is the accepted value, for the primary…
+        config.thinking = Some(true);
+        config
+            .extra_kwargs
+            .insert("temperature".into(), Value::from(1.0));
+        let llm = KimiLlm::new(&config, &env).unwrap();
+        assert_eq!(llm.thinking(), vec![Some(true)]);
+        // …and a fallback inherits the switch, so its own 0.6 is refused.
+        let mut fb_kwargs = Map::new();
+        fb_kwargs.insert("temperature".into(), Value::from(0.6));
+        config.fallback = vec![crate::FallbackConfig {
+            backend: Backend::Livekit,
+            model: "moonshotai/kimi-k2.5".into(),
+            provider: None,
+            base_url: None,
+            api_key_env: None,
+            extra_kwargs: Some(fb_kwargs),
+            thinking: None,
+            thinking_format: None,
+        }];
+        let e = KimiLlm::new(&config, &env).unwrap_err();
+        assert!(
+            e.to_string().contains("livekit/moonshotai/kimi-k2.5"),
+            "names the fallback: {e}"
+        );
+        // Unless the fallback turns thinking off itself.
+        config.fallback[0].thinking = Some(false);
+        let llm = KimiLlm::new(&config, &env).unwrap();
+        assert_eq!(llm.thinking(), vec![Some(true), Some(false)]);
     }
 
     #[test]

@@ -1,18 +1,54 @@
 //! The `[llm]` section of `agent-config/agent.toml`: which endpoint, which
-//! model, what extra request parameters, which fallbacks, and the timeouts and
-//! retry budget. Plain data with serde defaults; [`crate::KimiLlm::new`]
-//! validates it and resolves credentials.
+//! model, thinking on or off, what extra request parameters, which fallbacks,
+//! and the timeouts and retry budget. Plain data with serde defaults;
+//! [`crate::KimiLlm::new`] validates it and resolves credentials.
 //!
 //! ```toml
 //! [llm]
 //! backend = "livekit"                   # livekit | baseten | openai-compatible
-//! model = "moonshotai/kimi-k2-instruct"
+//! model = "moonshotai/kimi-k2.6"
 //! provider = "baseten"                  # LiveKit Inference only: sent as a header
-//! extra_kwargs = { temperature = 0.6, max_completion_tokens = 512 }
+//! thinking = false                      # unset: the model's (and server's) default
+//! # thinking_format = "baseten"         # moonshot | chat-template-kwargs | baseten
+//! extra_kwargs = { max_completion_tokens = 512 }
 //!
 //! [[llm.fallback]]
-//! model = "moonshotai/kimi-k2.6"
+//! backend = "openai-compatible"
+//! model = "moonshotai/Kimi-K2.6"
+//! base_url = "http://10.0.0.5:8000/v1"  # a vLLM deployment: chat-template-kwargs
 //! ```
+//!
+//! # Thinking
+//!
+//! Kimi K2.5 and K2.6 think before they answer (the reasoning streams as
+//! `reasoning_content`, never spoken) unless told not to. `thinking` says
+//! which: unset sends no switch, so the model runs in its server's default
+//! mode; `false` turns thinking off (lower latency, what a voice agent
+//! usually wants) and `true` turns it on. There is no common wire form for the
+//! switch, so `thinking_format` says which one the server understands:
+//!
+//! | `thinking_format` | body field | default mode | used by |
+//! |---|---|---|---|
+//! | `moonshot` | `"thinking": {"type": "enabled"\|"disabled"}` | on | Moonshot's API (`api.moonshot.ai`/`.cn`) |
+//! | `chat-template-kwargs` | `"chat_template_kwargs": {"thinking": bool}` | on | vLLM, SGLang |
+//! | `baseten` | `"chat_template_args": {"enable_thinking": bool}` | off (opt-in) | Baseten's Model APIs |
+//!
+//! Unset, it follows the backend: `baseten` for `baseten` and for `livekit`
+//! (LiveKit Inference serves Kimi from Baseten, and LiveKit's own clients send
+//! no switch of their own, only what `extra_kwargs` holds); for
+//! `openai-compatible`, `moonshot` when `base_url` is Moonshot's API and
+//! `chat-template-kwargs` otherwise. A switch may also be written by hand in
+//! `extra_kwargs` when `thinking` is unset; the client reads it to know the
+//! mode.
+//!
+//! # Sampling
+//!
+//! K2.5 and K2.6 accept one `temperature` per mode (1.0 thinking, 0.6 not)
+//! and `top_p` 0.95, and answer HTTP 400 to anything else. When
+//! `extra_kwargs` sets neither, the client sends the accepted values for the
+//! mode in force; a value these models reject fails [`crate::KimiLlm::new`]
+//! with a [`crate::KimiError::Config`] naming the key and the accepted value.
+//! The catalogue ([`crate::catalogue`]) says which models this applies to.
 
 use serde::Deserialize;
 
@@ -40,6 +76,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The name as written in `[llm]`.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Livekit => "livekit",
@@ -49,14 +86,82 @@ impl Backend {
     }
 }
 
+/// How the thinking switch is written into the request body (see the
+/// module docs for which server takes which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThinkingFormat {
+    /// Moonshot's API: `"thinking": {"type": "enabled" | "disabled"}`.
+    Moonshot,
+    /// vLLM and SGLang (the model's chat template):
+    /// `"chat_template_kwargs": {"thinking": true | false}`.
+    ChatTemplateKwargs,
+    /// Baseten's Model APIs: `"chat_template_args": {"enable_thinking":
+    /// true | false}`. Thinking is off unless asked for.
+    Baseten,
+}
+
+impl ThinkingFormat {
+    /// The name as written in `[llm]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThinkingFormat::Moonshot => "moonshot",
+            ThinkingFormat::ChatTemplateKwargs => "chat-template-kwargs",
+            ThinkingFormat::Baseten => "baseten",
+        }
+    }
+
+    /// The format a target uses when `thinking_format` is unset: Baseten's
+    /// for `baseten` and `livekit` (LiveKit Inference serves Kimi from
+    /// Baseten); for `openai-compatible`, Moonshot's when `base_url` is
+    /// Moonshot's API, else the chat-template form vLLM and SGLang take.
+    pub fn default_for(backend: Backend, base_url: Option<&str>) -> Self {
+        match backend {
+            Backend::Livekit | Backend::Baseten => ThinkingFormat::Baseten,
+            Backend::OpenaiCompatible => {
+                if base_url.and_then(url_host).is_some_and(is_moonshot_host) {
+                    ThinkingFormat::Moonshot
+                } else {
+                    ThinkingFormat::ChatTemplateKwargs
+                }
+            }
+        }
+    }
+
+    /// Whether the server thinks when no switch is sent, for a model whose
+    /// own default is `model_default` (`None`: no thinking mode). Baseten
+    /// makes thinking opt-in; the others follow the model.
+    pub fn default_thinking(self, model_default: Option<bool>) -> Option<bool> {
+        match self {
+            ThinkingFormat::Baseten => model_default.map(|_| false),
+            ThinkingFormat::Moonshot | ThinkingFormat::ChatTemplateKwargs => model_default,
+        }
+    }
+}
+
+/// The host of an `http(s)://host[:port]/…` URL, lower-cased.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.trim().split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split(':').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+fn is_moonshot_host(host: String) -> bool {
+    ["moonshot.ai", "moonshot.cn"]
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
 /// The `[llm]` section.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KimiConfig {
     /// Which endpoint serves the model (default `livekit`).
     pub backend: Backend,
-    /// The model id as the endpoint knows it, e.g. `moonshotai/kimi-k2-instruct`
-    /// on LiveKit Inference or `moonshotai/Kimi-K2-Instruct` on Baseten.
+    /// The model id as the endpoint knows it, e.g. `moonshotai/kimi-k2.6` on
+    /// LiveKit Inference or `moonshotai/Kimi-K2.6` on Baseten.
     pub model: String,
     /// LiveKit Inference's upstream provider for the model (e.g. `baseten`),
     /// as LiveKit documents it. Sent only as the `X-LiveKit-Inference-Provider`
@@ -74,10 +179,18 @@ pub struct KimiConfig {
     /// (default `BASETEN_API_KEY`) and `openai-compatible` (default: no key).
     /// Holds the variable's name, never the key.
     pub api_key_env: Option<String>,
+    /// Thinking on (`true`) or off (`false`) for models that think (Kimi
+    /// K2.5/K2.6); unset sends no switch, leaving the server's default. Also
+    /// decides the sampling these models accept.
+    pub thinking: Option<bool>,
+    /// How the thinking switch is written; unset: the backend's usual form
+    /// ([`ThinkingFormat::default_for`]).
+    pub thinking_format: Option<ThinkingFormat>,
     /// Extra top-level fields merged into every request body, e.g.
-    /// `temperature`, `max_completion_tokens`, `tool_choice`,
-    /// `parallel_tool_calls`. May not override `model`, `messages`, `tools`,
-    /// `stream`, `stream_options` or `provider`.
+    /// `max_completion_tokens`, `tool_choice`, `parallel_tool_calls`,
+    /// `temperature` (for K2.5/K2.6 only the accepted value). May not override
+    /// `model`, `messages`, `tools`, `stream`, `stream_options` or `provider`.
+    /// `tool_choice` and `parallel_tool_calls` are sent only with tools.
     pub extra_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Other (backend, model) pairs tried in order when a request fails
     /// before its first token.
@@ -119,6 +232,13 @@ pub struct FallbackConfig {
     /// Bearer key variable name, as for the primary.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Thinking on or off for this fallback; unset: the primary's `thinking`.
+    #[serde(default)]
+    pub thinking: Option<bool>,
+    /// Thinking switch format; unset: the default for this fallback's own
+    /// backend and base URL (not the primary's format).
+    #[serde(default)]
+    pub thinking_format: Option<ThinkingFormat>,
     /// Body fields for this fallback; when unset the primary's `extra_kwargs`
     /// are used.
     #[serde(default)]
@@ -126,15 +246,18 @@ pub struct FallbackConfig {
 }
 
 impl Default for KimiConfig {
-    /// The shipped configuration: Kimi K2 Instruct through LiveKit Inference,
-    /// served by Baseten (the example LiveKit documents).
+    /// The shipped configuration: Kimi K2.6 through LiveKit Inference, served
+    /// by Baseten (the model LiveKit lists as current), thinking left to the
+    /// server's default, sampling chosen by the client.
     fn default() -> Self {
         Self {
             backend: Backend::Livekit,
-            model: "moonshotai/kimi-k2-instruct".to_string(),
+            model: crate::catalogue::CURRENT_KIMI_MODEL.to_string(),
             provider: Some("baseten".to_string()),
             base_url: None,
             api_key_env: None,
+            thinking: None,
+            thinking_format: None,
             extra_kwargs: serde_json::Map::new(),
             fallback: Vec::new(),
             identity: "agent".to_string(),
@@ -166,8 +289,63 @@ mod tests {
     fn default_matches_the_shipped_config() {
         let c = KimiConfig::default();
         assert_eq!(c.backend, Backend::Livekit);
-        assert_eq!(c.model, "moonshotai/kimi-k2-instruct");
+        assert_eq!(c.model, "moonshotai/kimi-k2.6");
         assert_eq!(c.provider.as_deref(), Some("baseten"));
+        assert_eq!(c.thinking, None, "the model's default unless set");
+        assert_eq!(c.thinking_format, None);
+        assert!(c.extra_kwargs.is_empty(), "no sampling K2.6 could refuse");
+    }
+
+    #[test]
+    fn thinking_keys_parse_and_unknown_formats_are_refused() {
+        let c: KimiConfig = serde_json::from_value(serde_json::json!({
+            "thinking": false,
+            "thinking_format": "chat-template-kwargs",
+            "fallback": [{"model": "kimi-k2.6", "thinking": true, "thinking_format": "moonshot"}]
+        }))
+        .unwrap();
+        assert_eq!(c.thinking, Some(false));
+        assert_eq!(c.thinking_format, Some(ThinkingFormat::ChatTemplateKwargs));
+        assert_eq!(c.fallback[0].thinking, Some(true));
+        assert_eq!(
+            c.fallback[0].thinking_format,
+            Some(ThinkingFormat::Moonshot)
+        );
+        let c: KimiConfig =
+            serde_json::from_value(serde_json::json!({"thinking_format": "baseten"})).unwrap();
+        assert_eq!(c.thinking_format, Some(ThinkingFormat::Baseten));
+        let err = serde_json::from_str::<KimiConfig>(r#"{"thinking_format":"vllm"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err = serde_json::from_str::<KimiConfig>(r#"{"thinking":"off"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn thinking_format_follows_the_backend_and_host() {
+        use ThinkingFormat::*;
+        assert_eq!(ThinkingFormat::default_for(Backend::Livekit, None), Baseten);
+        assert_eq!(ThinkingFormat::default_for(Backend::Baseten, None), Baseten);
+        let oc = |url| ThinkingFormat::default_for(Backend::OpenaiCompatible, Some(url));
+        assert_eq!(oc("https://api.moonshot.ai/v1"), Moonshot);
+        assert_eq!(oc("https://API.Moonshot.cn:443/v1/"), Moonshot);
+        assert_eq!(oc("http://127.0.0.1:8000/v1"), ChatTemplateKwargs);
+        assert_eq!(oc("http://notmoonshot.ai/v1"), ChatTemplateKwargs);
+        assert_eq!(oc("http://moonshot.ai.evil.example/v1"), ChatTemplateKwargs);
+        assert_eq!(oc("not a url"), ChatTemplateKwargs);
+        assert_eq!(
+            ThinkingFormat::default_for(Backend::OpenaiCompatible, None),
+            ChatTemplateKwargs
+        );
+    }
+
+    #[test]
+    fn servers_default_thinking_differs_by_format() {
+        use ThinkingFormat::*;
+        assert_eq!(Moonshot.default_thinking(Some(true)), Some(true));
+        assert_eq!(ChatTemplateKwargs.default_thinking(Some(true)), Some(true));
+        assert_eq!(Baseten.default_thinking(Some(true)), Some(false), "opt-in");
+        assert_eq!(Baseten.default_thinking(None), None, "no thinking mode");
+        assert_eq!(Moonshot.default_thinking(None), None);
     }
 
     #[test]

@@ -1,9 +1,24 @@
 //! Turns the bytes of an OpenAI-style streaming chat completion into
 //! [`LlmChunk`]s: SSE framing ([`crate::sse`]), the JSON of each
 //! `chat.completion.chunk`, content deltas (with `<think>` blocks removed, see
-//! [`crate::think`]), tool-call fragments assembled by index, the usage chunk,
-//! `finish_reason` and `data: [DONE]`. Sans-IO like the SSE parser: the
-//! client's own per-token cost is all here, and the benchmark measures it.
+//! [`crate::think`]), reasoning deltas, tool-call fragments assembled by
+//! index, the usage chunk, `finish_reason` and `data: [DONE]`. Sans-IO like
+//! the SSE parser: the client's own per-token cost is all here, and the
+//! benchmark measures it.
+//!
+//! Kimi's streams, as this decoder takes them:
+//!
+//! - Reasoning (K2.5/K2.6 thinking) comes as `delta.reasoning_content`
+//!   (`delta.reasoning` on some OpenAI-compatible servers) and becomes
+//!   [`LlmChunk::Reasoning`], never text.
+//! - A tool call opens with a delta holding its `index`, its id
+//!   (`functions.NAME:N`, kept verbatim), `type` and name with empty
+//!   arguments; argument fragments follow under the same index, and parallel
+//!   calls interleave by index. The id and the name may also come in
+//!   separate deltas, in either order. Calls are delivered whole, in index
+//!   order, when `finish_reason` arrives.
+//! - Usage comes in the last chunk, at top level or (Moonshot) inside
+//!   `choices[0]`; it is reported once.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -66,12 +81,24 @@ struct ChoiceJson {
     delta: Option<DeltaJson>,
     #[serde(default)]
     finish_reason: Option<String>,
+    /// Moonshot puts the usage of a streamed reply on the choice of its last
+    /// chunk.
+    #[serde(default)]
+    usage: Option<UsageJson>,
 }
 
 #[derive(Deserialize)]
 struct DeltaJson {
     #[serde(default)]
     content: Option<String>,
+    /// Kimi's (and DeepSeek's, vLLM's) reasoning delta.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    /// The same under the name some OpenAI-compatible servers use; read only
+    /// when `reasoning_content` is absent (a server sending both sends the
+    /// same text twice).
+    #[serde(default)]
+    reasoning: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDeltaJson>>,
 }
@@ -97,9 +124,9 @@ struct FunctionDeltaJson {
 #[derive(Deserialize)]
 struct UsageJson {
     #[serde(default)]
-    prompt_tokens: u64,
+    prompt_tokens: Option<u64>,
     #[serde(default)]
-    completion_tokens: u64,
+    completion_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetailsJson>,
     /// Some servers (Moonshot's own API among them) report cache hits here.
@@ -162,11 +189,14 @@ impl Decoder {
         self.done
     }
 
-    /// Whether text or a tool call is decoded and not yet taken.
+    /// Whether text, reasoning or a tool call is decoded and not yet taken.
     pub fn has_queued_token(&self) -> bool {
-        self.out
-            .iter()
-            .any(|c| matches!(c, LlmChunk::Text(_) | LlmChunk::ToolCall(_)))
+        self.out.iter().any(|c| {
+            matches!(
+                c,
+                LlmChunk::Text(_) | LlmChunk::Reasoning(_) | LlmChunk::ToolCall(_)
+            )
+        })
     }
 
     fn drain_events(&mut self) -> Result<(), DecodeError> {
@@ -199,6 +229,11 @@ impl Decoder {
         // Only the first choice is used (we never ask for n > 1).
         if let Some(choice) = chunk.choices.into_iter().next() {
             if let Some(delta) = choice.delta {
+                if let Some(reasoning) = delta.reasoning_content.or(delta.reasoning)
+                    && !reasoning.is_empty()
+                {
+                    self.out.push_back(LlmChunk::Reasoning(reasoning));
+                }
                 if let Some(text) = delta.content {
                     self.text(&text);
                 }
@@ -210,23 +245,33 @@ impl Decoder {
                 self.finish_reason = Some(reason);
                 self.flush_reply()?;
             }
+            if let Some(usage) = choice.usage {
+                self.usage(usage);
+            }
         }
-        if let Some(usage) = chunk.usage
-            && !self.usage_sent
-        {
-            self.usage_sent = true;
-            let cached = usage
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .or(usage.cached_tokens)
-                .unwrap_or(0);
-            self.out.push_back(LlmChunk::Usage(Usage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                cached_tokens: cached,
-            }));
+        if let Some(usage) = chunk.usage {
+            self.usage(usage);
         }
         Ok(())
+    }
+
+    /// Reports the reply's usage, the first time only (a server may put it
+    /// both on the choice and at top level).
+    fn usage(&mut self, usage: UsageJson) {
+        if self.usage_sent {
+            return;
+        }
+        self.usage_sent = true;
+        let cached = usage
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .or(usage.cached_tokens)
+            .unwrap_or(0);
+        self.out.push_back(LlmChunk::Usage(Usage {
+            prompt_tokens: usage.prompt_tokens.unwrap_or(0),
+            completion_tokens: usage.completion_tokens.unwrap_or(0),
+            cached_tokens: cached,
+        }));
     }
 
     fn text(&mut self, text: &str) {
@@ -243,29 +288,37 @@ impl Decoder {
     }
 
     fn tool_call_fragment(&mut self, call: ToolCallDeltaJson) {
+        let id = call.id.filter(|id| !id.is_empty());
         // Servers that send whole calls often leave out the index; they send
-        // one call per delta, so a missing index with a new id starts a call.
+        // one call per delta, so a missing index with an id other than the
+        // last call's starts a call. An id for a call that has none yet (it
+        // came after the name) belongs to that call.
         let index = match call.index {
             Some(i) => i,
-            None => match (&call.id, self.calls.last_key_value()) {
+            None => match (&id, self.calls.last_key_value()) {
                 (Some(id), Some((&last, partial)))
-                    if partial.id.as_deref() != Some(id.as_str()) =>
+                    if partial.id.as_deref().is_some_and(|p| p != id) =>
                 {
-                    last + 1
+                    last.saturating_add(1)
                 }
                 (_, Some((&last, _))) => last,
                 (_, None) => 0,
             },
         };
         let entry = self.calls.entry(index).or_default();
-        if let Some(id) = call.id
-            && !id.is_empty()
-        {
-            entry.id = Some(id);
+        if let Some(id) = id {
+            // Verbatim, and the first one given: ids do not change mid-call.
+            entry.id.get_or_insert(id);
         }
         if let Some(function) = call.function {
-            if let Some(name) = function.name {
-                entry.name.push_str(&name);
+            if let Some(name) = function.name.filter(|n| !n.is_empty()) {
+                // Some servers repeat the whole name on every delta; others
+                // (rarely) split it. A repeat is not appended.
+                if entry.name.is_empty() {
+                    entry.name = name;
+                } else if entry.name != name {
+                    entry.name.push_str(&name);
+                }
             }
             if let Some(arguments) = function.arguments {
                 entry.arguments.push_str(&arguments);
@@ -431,6 +484,233 @@ mod tests {
                     finish_reason: Some("tool_calls".into())
                 },
             ]
+        );
+    }
+
+    fn calls_of(chunks: &[LlmChunk]) -> Vec<ToolCall> {
+        chunks
+            .iter()
+            .filter_map(|c| match c {
+                LlmChunk::ToolCall(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    fn tool_delta(call: &str) -> String {
+        ev(&format!(
+            r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{call}]}}}}]}}"#
+        ))
+    }
+
+    #[test]
+    fn kimi_opens_a_call_with_index_id_type_and_name_then_streams_arguments() {
+        let body = [
+            tool_delta(
+                r#"{"index":0,"id":"functions.get_weather:0","type":"function","function":{"name":"get_weather","arguments":""}}"#,
+            ),
+            tool_delta(r#"{"index":0,"function":{"arguments":"{\"ci"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"ty\": \"Par"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"is\"}"}}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let chunks = decode_all(&body, true).unwrap();
+        assert_eq!(
+            calls_of(&chunks),
+            vec![call(
+                "functions.get_weather:0",
+                "get_weather",
+                r#"{"city": "Paris"}"#
+            )]
+        );
+        assert!(!chunks.iter().any(|c| matches!(c, LlmChunk::Text(_))));
+    }
+
+    #[test]
+    fn id_then_name_in_separate_deltas() {
+        let body = [
+            tool_delta(r#"{"index":0,"id":"functions.get_weather:0","type":"function"}"#),
+            tool_delta(r#"{"index":0,"function":{"name":"get_weather"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"{\"city\":"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"\"Oslo\"}"}}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+        ]
+        .concat();
+        assert_eq!(
+            calls_of(&decode_all(&body, true).unwrap()),
+            vec![call(
+                "functions.get_weather:0",
+                "get_weather",
+                r#"{"city":"Oslo"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn a_call_whose_id_arrives_after_its_name() {
+        // With an index…
+        let body = [
+            tool_delta(r#"{"index":0,"function":{"name":"get_time","arguments":""}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"{\"tz\""}}"#),
+            tool_delta(r#"{"index":0,"id":"functions.get_time:0"}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":":\"UTC\"}"}}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+        ]
+        .concat();
+        assert_eq!(
+            calls_of(&decode_all(&body, true).unwrap()),
+            vec![call("functions.get_time:0", "get_time", r#"{"tz":"UTC"}"#)]
+        );
+        // …and without one: the late id joins the call that has none.
+        let body = [
+            tool_delta(r#"{"function":{"name":"get_time","arguments":"{}"}}"#),
+            tool_delta(r#"{"id":"functions.get_time:0"}"#),
+            tool_delta(
+                r#"{"id":"functions.get_date:1","function":{"name":"get_date","arguments":"{}"}}"#,
+            ),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+        ]
+        .concat();
+        assert_eq!(
+            calls_of(&decode_all(&body, true).unwrap()),
+            vec![
+                call("functions.get_time:0", "get_time", "{}"),
+                call("functions.get_date:1", "get_date", "{}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_calls_whose_argument_fragments_interleave() {
+        let body = [
+            tool_delta(
+                r#"{"index":0,"id":"functions.get_weather:0","type":"function","function":{"name":"get_weather","arguments":""}}"#,
+            ),
+            tool_delta(
+                r#"{"index":1,"id":"functions.get_weather:1","type":"function","function":{"name":"get_weather","arguments":""}}"#,
+            ),
+            tool_delta(r#"{"index":1,"function":{"arguments":"{\"ci"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"{\"ci"}}"#),
+            tool_delta(r#"{"index":0,"function":{"arguments":"ty\":\"Paris\"}"}}"#),
+            tool_delta(r#"{"index":1,"function":{"arguments":"ty\":\"Rome\"}"}}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        assert_eq!(
+            calls_of(&decode_all(&body, true).unwrap()),
+            vec![
+                call(
+                    "functions.get_weather:0",
+                    "get_weather",
+                    r#"{"city":"Paris"}"#
+                ),
+                call(
+                    "functions.get_weather:1",
+                    "get_weather",
+                    r#"{"city":"Rome"}"#
+                ),
+            ],
+            "same name, told apart by index; delivered in index order"
+        );
+    }
+
+    #[test]
+    fn a_name_repeated_on_every_delta_is_not_doubled() {
+        let body = [
+            tool_delta(
+                r#"{"index":0,"id":"c0","function":{"name":"lookup","arguments":"{\"q\":"}}"#,
+            ),
+            tool_delta(r#"{"index":0,"id":"c0","function":{"name":"lookup","arguments":"1}"}}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#),
+        ]
+        .concat();
+        assert_eq!(
+            calls_of(&decode_all(&body, true).unwrap()),
+            vec![call("c0", "lookup", r#"{"q":1}"#)]
+        );
+    }
+
+    #[test]
+    fn reasoning_deltas_are_reasoning_never_text() {
+        let body = [
+            ev(r#"{"choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"The user "}}]}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{"reasoning_content":"greets me."}}]}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{"reasoning_content":"","content":"Hi!"}}]}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{"reasoning":"(alias)"}}]}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{"reasoning_content":"once","reasoning":"once"}}]}"#),
+            ev(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        assert_eq!(
+            decode_all(&body, true).unwrap(),
+            vec![
+                LlmChunk::Reasoning("The user ".into()),
+                LlmChunk::Reasoning("greets me.".into()),
+                LlmChunk::Text("Hi!".into()),
+                LlmChunk::Reasoning("(alias)".into()),
+                LlmChunk::Reasoning("once".into()),
+                LlmChunk::Done {
+                    finish_reason: Some("stop".into())
+                },
+            ]
+        );
+        let mut d = Decoder::new(true);
+        d.feed(ev(r#"{"choices":[{"delta":{"reasoning_content":"x"}}]}"#).as_bytes())
+            .unwrap();
+        assert!(d.has_queued_token(), "reasoning counts as delivered output");
+    }
+
+    #[test]
+    fn usage_inside_the_choice_is_counted_once() {
+        let usage =
+            r#"{"prompt_tokens":30,"completion_tokens":9,"total_tokens":39,"cached_tokens":24}"#;
+        let body = [
+            ev(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#),
+            ev(&format!(
+                r#"{{"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop","usage":{usage}}}]}}"#
+            )),
+            // Some gateways repeat it at top level; it is the same reply.
+            ev(&format!(r#"{{"choices":[],"usage":{usage}}}"#)),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let chunks = decode_all(&body, true).unwrap();
+        let usages: Vec<&LlmChunk> = chunks
+            .iter()
+            .filter(|c| matches!(c, LlmChunk::Usage(_)))
+            .collect();
+        assert_eq!(
+            usages,
+            vec![&LlmChunk::Usage(Usage {
+                prompt_tokens: 30,
+                completion_tokens: 9,
+                cached_tokens: 24
+            })]
+        );
+        // Nulls where numbers belong are taken as zero, not as an error.
+        let body = ev(
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":null,"completion_tokens":2,"prompt_tokens_details":null}}"#,
+        );
+        assert!(
+            decode_all(&body, true)
+                .unwrap()
+                .contains(&LlmChunk::Usage(Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 2,
+                    cached_tokens: 0
+                }))
         );
     }
 

@@ -1,5 +1,6 @@
-//! The agent's LLM stage: streaming chat completions for Kimi K2 through
-//! LiveKit Inference, Baseten directly, or any OpenAI-compatible endpoint.
+//! The agent's LLM stage: streaming chat completions for Kimi (K2.6 by
+//! default) through LiveKit Inference, Baseten directly, or any
+//! OpenAI-compatible endpoint (Moonshot's API, vLLM, SGLang…).
 //! [`KimiLlm`] implements [`agent::Llm`].
 //!
 //! ```no_run
@@ -11,6 +12,7 @@
 //!     messages: vec![ChatMessage::user("hello")],
 //!     tools: vec![],
 //!     job: JobContext::default(),
+//!     options: Default::default(),
 //! };
 //! let mut reply = llm.chat(request).await?;
 //! while let Some(chunk) = reply.next().await {
@@ -19,20 +21,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Kimi's tool calling, exactly
+//!
+//! - Tool-call ids (`functions.NAME:0`) are kept verbatim, from the stream to
+//!   the follow-up request's `tool_call_id`; id, name and argument fragments
+//!   are assembled by `index` in whatever order and interleaving they come
+//!   ([`decode`]).
+//! - K2.5/K2.6 reasoning streams as [`agent::LlmChunk::Reasoning`], never as
+//!   text; an assistant message with tool calls and
+//!   [`agent::ChatMessage::reasoning`] set goes back with its
+//!   `reasoning_content` ([`request`]), which Moonshot requires of a thinking
+//!   model.
+//! - `thinking` in `[llm]` turns thinking on or off in the form the server
+//!   takes, and K2.5/K2.6 get the only sampling they accept for the mode in
+//!   force ([`config`], [`params`], [`catalogue`]).
+//! - The agent's [`agent::LlmOptions`] go on the wire as OpenAI spells them:
+//!   `tool_choice` and `parallel_tool_calls` with tools only, `extra` over
+//!   the configured `extra_kwargs` ([`params`]).
+//!
 //! # Layout
 //!
-//! - [`config`]: the `[llm]` section ([`KimiConfig`]) and its defaults.
+//! - [`config`]: the `[llm]` section ([`KimiConfig`]), its defaults, and the
+//!   thinking switch's wire formats ([`ThinkingFormat`]).
 //! - [`client`]: [`KimiLlm`], the HTTP client, targets, retries, fallbacks,
 //!   timeouts and the stream that delivers chunks.
 //! - `auth` (private): credentials from the environment; the LiveKit
 //!   Inference JWT.
-//! - [`request`]: the JSON body and endpoint URL.
+//! - [`params`]: the body fields of a target (thinking switch, fixed
+//!   sampling, `extra_kwargs`) and of a request (the agent's options).
+//! - [`request`]: the JSON body (messages, tools) and endpoint URL.
 //! - [`sse`]: the sans-IO server-sent-events parser.
-//! - [`decode`]: completion chunks → [`agent::LlmChunk`]s (tool-call assembly,
-//!   usage, finish reason).
+//! - [`decode`]: completion chunks → [`agent::LlmChunk`]s (reasoning,
+//!   tool-call assembly, usage, finish reason).
 //! - [`think`]: `<think>…</think>` removal across chunk splits.
 //! - [`retry`]: backoff with jitter and `Retry-After`, as pure functions.
-//! - [`catalogue`]: known Kimi model ids and the retired-model warning.
+//! - [`catalogue`]: known Kimi models as data (retired, thinking default,
+//!   fixed sampling) and the retired-model warning.
 //! - [`error`]: [`KimiError`] and its mapping to [`agent::StageError`].
 //!
 //! No key, secret or token appears in a log line, a `Debug` output or an
@@ -45,6 +69,7 @@ pub mod client;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod params;
 pub mod request;
 pub mod retry;
 pub mod sse;
@@ -52,5 +77,5 @@ pub mod think;
 
 pub use auth::TOKEN_TTL;
 pub use client::KimiLlm;
-pub use config::{Backend, FallbackConfig, KimiConfig};
+pub use config::{Backend, FallbackConfig, KimiConfig, ThinkingFormat};
 pub use error::KimiError;

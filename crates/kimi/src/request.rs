@@ -1,12 +1,15 @@
 //! The request as the wire sees it: the chat-completions JSON body (messages,
-//! tools, `stream`, `stream_options`, `extra_kwargs`) and the endpoint URL.
-//! Pure functions, tested on their output.
+//! tools, `stream`, `stream_options`, and the fields [`crate::params`]
+//! resolved) and the endpoint URL. Pure functions, tested on their output.
 
 use agent::{ChatMessage, Role, ToolSpec};
 use serde_json::{Map, Value, json};
 
 /// The conversation in OpenAI's `messages` shape: system, user and assistant
-/// text; assistant `tool_calls`; tool results with their `tool_call_id`.
+/// text; assistant `tool_calls` (with the ids verbatim, and with
+/// `reasoning_content` when the message carries its reasoning: Moonshot
+/// refuses a thinking model's tool-call turn without it); tool results with
+/// their `tool_call_id`. Reasoning on other messages is not sent.
 pub fn messages_json(messages: &[ChatMessage]) -> Value {
     Value::Array(messages.iter().map(message_json).collect())
 }
@@ -41,6 +44,9 @@ fn message_json(m: &ChatMessage) -> Value {
                 })
                 .collect();
             obj.insert("tool_calls".into(), Value::Array(calls));
+            if let Some(reasoning) = &m.reasoning {
+                obj.insert("reasoning_content".into(), Value::from(reasoning.as_str()));
+            }
         }
         Role::Tool => {
             obj.insert("content".into(), Value::from(m.content.as_str()));
@@ -75,20 +81,23 @@ pub fn tools_json(tools: &[ToolSpec]) -> Value {
     )
 }
 
-/// The full body for one target. `tools` is left out when empty (some
-/// servers refuse an empty list). `extra` was checked not to hold reserved keys.
-pub fn body(model: &str, messages: &Value, tools: &Value, extra: &Map<String, Value>) -> Vec<u8> {
-    let mut obj = Map::new();
+/// The full body for one request to one target. `tools` is left out when
+/// empty (some servers refuse an empty list). `fields` are the target's
+/// resolved fields with the request's options
+/// ([`crate::params::TargetParams::request_fields`]); the client's own keys
+/// are written after them, so they can never be overridden.
+pub fn body(model: &str, messages: &Value, tools: &Value, fields: &Map<String, Value>) -> Vec<u8> {
+    let mut obj = fields.clone();
     obj.insert("model".into(), Value::from(model));
     obj.insert("messages".into(), messages.clone());
     if tools.as_array().is_some_and(|t| !t.is_empty()) {
         obj.insert("tools".into(), tools.clone());
+    } else {
+        obj.remove("tools");
     }
     obj.insert("stream".into(), Value::Bool(true));
     obj.insert("stream_options".into(), json!({"include_usage": true}));
-    for (k, v) in extra {
-        obj.insert(k.clone(), v.clone());
-    }
+    obj.remove("provider");
     // Serializing a Value with string keys cannot fail.
     serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
 }
@@ -104,7 +113,7 @@ mod tests {
     use agent::ToolCall;
 
     #[test]
-    fn body_has_everything_and_merges_extra_kwargs() {
+    fn body_has_everything_and_merges_the_fields() {
         let messages = messages_json(&[
             ChatMessage::system("Be brief."),
             ChatMessage::user("Weather in Paris?"),
@@ -146,6 +155,48 @@ mod tests {
             json!({"role":"tool","content":"sunny, 21°C","tool_call_id":"functions.get_weather:0"})
         );
         assert_eq!(v["tools"][0]["function"]["parameters"]["type"], "object");
+    }
+
+    #[test]
+    fn reasoning_goes_back_only_on_assistant_tool_call_messages() {
+        let call = ToolCall {
+            id: "functions.get_weather:0".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        };
+        let mut with = ChatMessage::assistant_tool_calls("Let me check.", vec![call.clone()]);
+        with.reasoning = Some("The user wants the weather.".into());
+        let without = ChatMessage::assistant_tool_calls("", vec![call]);
+        let mut plain = ChatMessage::assistant("It is sunny.");
+        plain.reasoning = Some("Say it briefly.".into());
+        let mut user = ChatMessage::user("hi");
+        user.reasoning = Some("never".into());
+        let m = messages_json(&[with, without, plain, user]);
+        assert_eq!(m[0]["reasoning_content"], "The user wants the weather.");
+        assert_eq!(m[0]["content"], "Let me check.");
+        assert_eq!(m[0]["tool_calls"][0]["id"], "functions.get_weather:0");
+        assert!(m[1].get("reasoning_content").is_none());
+        assert_eq!(
+            m[2],
+            json!({"role": "assistant", "content": "It is sunny."})
+        );
+        assert_eq!(m[3], json!({"role": "user", "content": "hi"}));
+    }
+
+    #[test]
+    fn the_clients_own_keys_win_over_fields() {
+        let mut fields = Map::new();
+        fields.insert("model".into(), json!("evil"));
+        fields.insert("stream".into(), json!(false));
+        fields.insert("tools".into(), json!([{"x": 1}]));
+        fields.insert("provider".into(), json!("p"));
+        fields.insert("thinking".into(), json!({"type": "disabled"}));
+        let v: Value = serde_json::from_slice(&body("m", &json!([]), &json!([]), &fields)).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["stream"], true);
+        assert!(v.get("tools").is_none());
+        assert!(v.get("provider").is_none());
+        assert_eq!(v["thinking"], json!({"type": "disabled"}));
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn request() -> LlmRequest {
         ],
         tools: vec![],
         job: JobContext::default(),
+        options: Default::default(),
     }
 }
 
@@ -95,6 +96,9 @@ async fn livekit_request_is_what_the_gateway_expects_and_the_reply_streams() {
         room_id: Some("RM_abc".into()),
         job_id: Some("AJ_def".into()),
         agent_id: Some("AW_ghi".into()),
+        room_name: Some("lobby".into()),
+        job_metadata: "{\"plan\":\"pro\"}".into(),
+        ..JobContext::default()
     };
     req.tools = vec![ToolSpec {
         name: "get_weather".into(),
@@ -144,13 +148,28 @@ async fn livekit_request_is_what_the_gateway_expects_and_the_reply_streams() {
     assert_eq!(h("x-livekit-room-id").as_deref(), Some("RM_abc"));
     assert_eq!(h("x-livekit-job-id").as_deref(), Some("AJ_def"));
     assert_eq!(h("x-livekit-agent-id").as_deref(), Some("AW_ghi"));
+    // Only the three ids travel; the room name and metadata stay home.
+    let lk: Vec<&str> = s
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("x-livekit"))
+        .collect();
+    assert_eq!(lk.len(), 4, "{lk:?}");
     assert_eq!(h("content-type").as_deref(), Some("application/json"));
     // Body.
     let b = &s.body;
-    assert_eq!(b["model"], "moonshotai/kimi-k2-instruct");
+    assert_eq!(b["model"], "moonshotai/kimi-k2.6");
     assert_eq!(b["stream"], true);
     assert_eq!(b["stream_options"], json!({"include_usage": true}));
+    // K2.6 on LiveKit (Baseten behind it): thinking is off unless asked for,
+    // so 0.6 is the accepted temperature; the client adds the fixed top_p.
     assert_eq!(b["temperature"], 0.6);
+    assert_eq!(b["top_p"], 0.95);
+    assert!(
+        b.get("chat_template_args").is_none(),
+        "no switch unless set"
+    );
     assert_eq!(b["max_completion_tokens"], 300);
     assert_eq!(b["tool_choice"], "auto");
     assert_eq!(b["parallel_tool_calls"], false);
@@ -535,6 +554,7 @@ async fn an_error_event_in_the_stream_is_reported() {
 
 #[tokio::test]
 async fn fallback_is_used_when_the_primary_fails_before_its_first_token() {
+    // The retired K2 Instruct as primary, K2.6 as its fallback.
     let gw = Gateway::start(
         lk_auth(),
         vec![Reply::Status {
@@ -545,6 +565,7 @@ async fn fallback_is_used_when_the_primary_fails_before_its_first_token() {
     )
     .await;
     let mut cfg = config(&gw);
+    cfg.model = "moonshotai/kimi-k2-instruct".into();
     cfg.max_retries = 0;
     cfg.fallback = vec![FallbackConfig {
         backend: Backend::Livekit,
@@ -553,6 +574,8 @@ async fn fallback_is_used_when_the_primary_fails_before_its_first_token() {
         base_url: Some(gw.base_url.clone()),
         api_key_env: None,
         extra_kwargs: None,
+        thinking: None,
+        thinking_format: None,
     }];
     let llm = KimiLlm::new(&cfg, &livekit_env).unwrap();
     assert_eq!(
@@ -568,6 +591,11 @@ async fn fallback_is_used_when_the_primary_fails_before_its_first_token() {
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].body["model"], "moonshotai/kimi-k2-instruct");
     assert_eq!(seen[1].body["model"], "moonshotai/kimi-k2.6");
+    assert!(
+        seen[0].body.get("top_p").is_none(),
+        "K2 Instruct's sampling is free"
+    );
+    assert_eq!(seen[1].body["top_p"], 0.95, "K2.6's is fixed");
     assert!(
         seen[1]
             .headers
@@ -603,6 +631,8 @@ async fn when_every_target_fails_the_primary_error_is_returned() {
         base_url: Some(gw.base_url.clone()),
         api_key_env: None,
         extra_kwargs: None,
+        thinking: None,
+        thinking_format: None,
     }];
     let llm = KimiLlm::new(&cfg, &livekit_env).unwrap();
     let err = collect(&llm, request()).await.expect_err("must fail");

@@ -84,7 +84,9 @@ async fn no_secret_in_logs_debug_or_errors() {
         "BASETEN_API_KEY" => Some(BASETEN_KEY.to_string()),
         _ => None,
     };
+    // The retired K2 Instruct, so that the once-per-process warning is logged.
     let cfg = KimiConfig {
+        model: "moonshotai/kimi-k2-instruct".into(),
         base_url: Some(gw.base_url.clone()),
         retry_base_delay_ms: 5,
         idle_timeout_ms: 2_000,
@@ -95,6 +97,8 @@ async fn no_secret_in_logs_debug_or_errors() {
             base_url: Some(gw.base_url.clone()),
             api_key_env: None,
             extra_kwargs: None,
+            thinking: None,
+            thinking_format: None,
         }],
         ..KimiConfig::default()
     };
@@ -103,6 +107,7 @@ async fn no_secret_in_logs_debug_or_errors() {
         messages: vec![ChatMessage::user("hello")],
         tools: vec![],
         job: JobContext::default(),
+        options: Default::default(),
     };
     // Primary: 500, retry, 401 (echoing the secret) → fallback to Baseten,
     // whose bearer key the LiveKit-auth gateway refuses (echoed token too).
@@ -117,6 +122,7 @@ async fn no_secret_in_logs_debug_or_errors() {
     )
     .await;
     let ok_cfg = KimiConfig {
+        model: "moonshotai/kimi-k2-instruct".into(),
         base_url: Some(gw_ok.base_url.clone()),
         ..KimiConfig::default()
     };

@@ -1,8 +1,11 @@
-//! A local stand-in for LiveKit Inference's gateway (and for Baseten / any
-//! OpenAI-compatible server), bound to 127.0.0.1:0. It checks what the real
-//! gateway checks — the HS256 JWT's signature and claims, the headers, the
-//! body — and answers from a script of replies: event streams delivered in
-//! arbitrary pieces with pauses, cuts, and error statuses.
+//! A local stand-in for LiveKit Inference's gateway (and for Baseten, Moonshot
+//! or any OpenAI-compatible server), bound to 127.0.0.1:0. It checks what the
+//! real servers check — the HS256 JWT's signature and claims, the headers, the
+//! body, and like Moonshot the tool-call history, the `reasoning_content` a
+//! thinking model's tool-call turns need and the sampling K2.5/K2.6 accept —
+//! and answers from a script of replies: event streams delivered in arbitrary
+//! pieces with pauses, cuts, and error statuses. Refusals are HTTP 400 with an
+//! OpenAI-style error body, worded as Moonshot words them.
 
 #![allow(dead_code)]
 
@@ -62,6 +65,22 @@ pub enum Reply {
     },
 }
 
+/// Which server the stand-in plays, for what it does when a request sends no
+/// thinking switch. Every flavour enforces Moonshot's rules for K2.5/K2.6
+/// (stricter than LiveKit or vLLM may be: a client right here is right
+/// everywhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// LiveKit Inference serving Kimi from Baseten: thinking is opt-in.
+    Livekit,
+    /// Moonshot's API: K2.5/K2.6 think unless `thinking.type` is
+    /// `disabled`.
+    Moonshot,
+    /// A vLLM/SGLang deployment: the chat template thinks unless
+    /// `chat_template_kwargs.thinking` is false.
+    Vllm,
+}
+
 /// What the server saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -77,6 +96,7 @@ pub struct Seen {
 
 struct State {
     auth: Auth,
+    flavour: Flavour,
     script: Mutex<VecDeque<Reply>>,
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
@@ -97,11 +117,18 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// A LiveKit-Inference-like gateway.
     pub async fn start(auth: Auth, script: Vec<Reply>) -> Gateway {
+        Self::start_as(Flavour::Livekit, auth, script).await
+    }
+
+    /// A gateway of the given flavour.
+    pub async fn start_as(flavour: Flavour, auth: Auth, script: Vec<Reply>) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             auth,
+            flavour,
             script: Mutex::new(script.into()),
             seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
@@ -229,14 +256,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
         ));
     }
 
-    // The body, as the gateway checks it.
-    if let Err(why) = check_body(&body) {
+    // The body, as the gateway (and Moonshot behind it) checks it.
+    if let Err(why) = check_body(&body, st.flavour) {
         seen.refused = Some(why.clone());
         st.seen.lock().unwrap().push(seen);
         return Ok(full(
             400,
             &[],
-            json!({"error": {"message": why}}).to_string(),
+            json!({"error": {"message": why, "type": "invalid_request_error"}}).to_string(),
         ));
     }
     st.seen.lock().unwrap().push(seen);
@@ -331,7 +358,9 @@ pub fn verify_jwt(token: &str, key: &str, secret: &str) -> Result<Value, String>
     Ok(claims)
 }
 
-fn check_body(body: &Value) -> Result<(), String> {
+/// Checks a body as the server does: the OpenAI basics, the tool-call
+/// history, and for Kimi K2.5/K2.6 what Moonshot enforces.
+pub fn check_body(body: &Value, flavour: Flavour) -> Result<(), String> {
     if !body["model"].is_string() {
         return Err("model is required".into());
     }
@@ -346,6 +375,126 @@ fn check_body(body: &Value) -> Result<(), String> {
     }
     if body.get("provider").is_some() {
         return Err("provider is not a body field".into());
+    }
+    let has_tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
+    for key in ["tool_choice", "parallel_tool_calls"] {
+        if body.get(key).is_some() && !has_tools {
+            return Err(format!("{key} is only allowed when tools are specified"));
+        }
+    }
+    check_tool_history(body)?;
+    check_kimi(body, flavour)
+}
+
+/// Every assistant tool call is answered by a tool message with its id among
+/// the messages right after it; no tool message answers a call that is not
+/// there.
+pub fn check_tool_history(body: &Value) -> Result<(), String> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let mut i = 0;
+    while i < messages.len() {
+        let m = &messages[i];
+        match m["role"].as_str() {
+            Some("assistant") if m["tool_calls"].as_array().is_some_and(|c| !c.is_empty()) => {
+                let ids: Vec<&str> = m["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c["id"].as_str().unwrap_or(""))
+                    .collect();
+                let mut answered = Vec::new();
+                let mut j = i + 1;
+                while j < messages.len() && messages[j]["role"] == "tool" {
+                    let id = messages[j]["tool_call_id"].as_str().unwrap_or("");
+                    if !ids.contains(&id) {
+                        return Err(format!(
+                            "tool_call_id {id:?} at index {j} is not found in the preceding \
+                             assistant message's tool_calls"
+                        ));
+                    }
+                    answered.push(id);
+                    j += 1;
+                }
+                let missing: Vec<&str> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !answered.contains(id))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "an assistant message with 'tool_calls' must be followed by tool \
+                         messages responding to each 'tool_call_id'; missing: {missing:?} \
+                         (assistant message at index {i})"
+                    ));
+                }
+                i = j;
+            }
+            Some("tool") => {
+                return Err(format!(
+                    "a message with role 'tool' at index {i} must follow an assistant \
+                     message with 'tool_calls'"
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Whether the body's model is Kimi K2.5 or K2.6, in any spelling.
+fn is_k2_5_or_k2_6(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let m = m.strip_prefix("moonshotai/").unwrap_or(&m);
+    m == "kimi-k2.5" || m == "kimi-k2.6"
+}
+
+/// Whether the server thinks for this request: a switch in any format, else
+/// the flavour's default.
+fn thinking_in_force(body: &Value, flavour: Flavour) -> bool {
+    if let Some(kind) = body["thinking"]["type"].as_str() {
+        return kind == "enabled";
+    }
+    if let Some(on) = body["chat_template_kwargs"]["thinking"].as_bool() {
+        return on;
+    }
+    if let Some(on) = body["chat_template_args"]["enable_thinking"].as_bool() {
+        return on;
+    }
+    matches!(flavour, Flavour::Moonshot | Flavour::Vllm)
+}
+
+/// Moonshot's own rules for K2.5/K2.6: fixed sampling per mode, and with
+/// thinking on, `reasoning_content` on every assistant tool-call message.
+fn check_kimi(body: &Value, flavour: Flavour) -> Result<(), String> {
+    let model = body["model"].as_str().unwrap_or("");
+    if !is_k2_5_or_k2_6(model) {
+        return Ok(());
+    }
+    let thinking = thinking_in_force(body, flavour);
+    let (temperature, shown) = if thinking { (1.0, "1") } else { (0.6, "0.6") };
+    if let Some(t) = body.get("temperature")
+        && t.as_f64().is_none_or(|t| (t - temperature).abs() > 1e-9)
+    {
+        return Err(format!(
+            "invalid temperature: only {shown} is allowed for this model"
+        ));
+    }
+    if let Some(p) = body.get("top_p")
+        && p.as_f64().is_none_or(|p| (p - 0.95).abs() > 1e-9)
+    {
+        return Err("invalid top_p: only 0.95 is allowed for this model".into());
+    }
+    if thinking {
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        for (i, m) in messages.iter().enumerate() {
+            let calls = m["tool_calls"].as_array().is_some_and(|c| !c.is_empty());
+            if m["role"] == "assistant" && calls && !m["reasoning_content"].is_string() {
+                return Err(format!(
+                    "thinking is enabled but reasoning_content is missing in assistant \
+                     tool call message at index {i}"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -404,4 +553,94 @@ pub fn stream_of(parts: &[String]) -> Reply {
             .map(|p| Step::Bytes(p.clone().into_bytes()))
             .collect(),
     )
+}
+
+/// A chunk of Kimi's stream carrying `delta`.
+pub fn delta(delta: Value) -> String {
+    event(json!({
+        "id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "moonshotai/kimi-k2.6",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": null}]
+    }))
+}
+
+/// A reasoning delta, as K2.5/K2.6 stream their thinking.
+pub fn reasoning(text: &str) -> String {
+    delta(json!({"reasoning_content": text}))
+}
+
+/// The delta that opens a tool call, exactly as Kimi sends it: index, id,
+/// type and name, with empty arguments.
+pub fn tool_open(index: u32, id: &str, name: &str) -> String {
+    delta(
+        json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                                 "function": {"name": name, "arguments": ""}}]}),
+    )
+}
+
+/// An argument fragment of the call at `index`.
+pub fn tool_args(index: u32, fragment: &str) -> String {
+    delta(json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
+}
+
+/// Moonshot's last chunk: the finish reason with the usage inside the choice.
+pub fn finish_with_usage(reason: &str, prompt: u64, completion: u64, cached: u64) -> String {
+    event(json!({
+        "id": "chatcmpl-k", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason,
+                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                               "total_tokens": prompt + completion, "cached_tokens": cached}}]
+    }))
+}
+
+/// A thinking turn that calls tools, as Kimi streams it: the reasoning in
+/// pieces, then `text`, then every call opened (id `functions.NAME:INDEX`,
+/// name, empty arguments) with its arguments in fragments of `fragment`
+/// bytes, the calls' fragments interleaved by index; `finish_reason`
+/// `tool_calls` with the usage in the choice; `[DONE]`.
+pub fn kimi_tool_turn(
+    reasoning_parts: &[&str],
+    text: &str,
+    calls: &[(&str, Value)],
+    fragment: usize,
+) -> Vec<String> {
+    let mut out: Vec<String> = reasoning_parts.iter().map(|r| reasoning(r)).collect();
+    if !text.is_empty() {
+        out.push(content(text));
+    }
+    let mut pending: Vec<(u32, Vec<String>)> = Vec::new();
+    for (i, (name, arguments)) in calls.iter().enumerate() {
+        let index = i as u32;
+        out.push(tool_open(index, &format!("functions.{name}:{index}"), name));
+        pending.push((index, split_bytes(&arguments.to_string(), fragment)));
+    }
+    // Round-robin over the calls, one fragment each.
+    let mut round = 0;
+    while pending.iter().any(|(_, f)| round < f.len()) {
+        for (index, fragments) in &pending {
+            if let Some(f) = fragments.get(round) {
+                out.push(tool_args(*index, f));
+            }
+        }
+        round += 1;
+    }
+    out.push(finish_with_usage("tool_calls", 180, 60, 0));
+    out.push(DONE.to_string());
+    out
+}
+
+/// `text` in pieces of about `n` bytes, on character boundaries.
+pub fn split_bytes(text: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        cur.push(c);
+        if cur.len() >= n.max(1) {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
