@@ -90,6 +90,7 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
         },
         options: SessionOptions::default(),
         output_rate: 48_000,
+        entrypoint: worker::fixed(agent::SessionSetup::default()),
     });
     let mut job_options = worker::JobOptions::default();
     job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];

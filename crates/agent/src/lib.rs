@@ -38,8 +38,8 @@ pub use chat::{ChatContext, ChatMessage, HistoryLimit, Role, ToolCall};
 pub use clock::{Clock, MediaClockDriver};
 pub use playout::{PlaybackEvent, Playout, PlayoutControl, PlayoutReader, PlayoutWriter, playout};
 pub use session::{
-    AudioIo, SessionClosed, SessionEvent, SessionHandle, SessionOptions, SpeechDone, SpeechHandle,
-    Stages, ToolOptions, TurnMetrics,
+    AudioIo, SessionClosed, SessionEvent, SessionHandle, SessionOptions, SessionSetup, SpeechDone,
+    SpeechHandle, Stages, ToolOptions, TurnMetrics,
 };
 pub use stage::{
     ErrorKind, JobContext, Llm, LlmChunk, LlmRequest, LlmStream, Participant, StageError, Stt,

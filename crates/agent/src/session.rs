@@ -124,6 +124,45 @@ impl Default for SessionOptions {
     }
 }
 
+/// What a session starts with: the agent in charge and the session's own
+/// data. What a per-room entrypoint returns (an [`Agent`] alone converts).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SessionSetup {
+    pub agent: Agent,
+    pub userdata: Userdata,
+}
+
+impl SessionSetup {
+    pub fn new(agent: Agent) -> Self {
+        Self {
+            agent,
+            userdata: Userdata::default(),
+        }
+    }
+
+    /// The session's own data, for its tools and hooks (`ctx.userdata::<T>()`).
+    pub fn with_userdata<T: Any + Send + Sync>(mut self, data: T) -> Self {
+        self.userdata = Userdata::new(data);
+        self
+    }
+}
+
+impl From<Agent> for SessionSetup {
+    fn from(agent: Agent) -> Self {
+        Self::new(agent)
+    }
+}
+
+impl SessionOptions {
+    /// These options with `setup`'s agent and data.
+    pub fn with_setup(mut self, setup: SessionSetup) -> Self {
+        self.agent = setup.agent;
+        self.userdata = setup.userdata;
+        self
+    }
+}
+
 /// The session's audio: microphone frames in, the playout queue out.
 pub struct AudioIo {
     /// Frames of any rate and channel count. The session ends its input

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::session::SessionOptions;
+use agent::HistoryLimit;
+use agent::session::{SessionOptions, ToolOptions};
 use agent::turn::TurnOptions;
 use agent::vad::VadOptions;
 use anyhow::{Context, bail};
@@ -269,8 +270,22 @@ impl Default for InterruptionConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// Tool-call rounds per reply.
+    /// Said as is once the user can hear it (their audio is subscribed, or
+    /// the console session starts), before they speak; "" says nothing.
+    pub greeting: String,
+    /// Tool-call rounds per reply; the answer after the last is words only.
     pub max_tool_steps: usize,
+    /// Seconds a tool call may run (MCP servers set their own `timeout`).
+    pub tool_timeout: f64,
+    /// Tool calls of one step that run.
+    pub max_tool_calls_per_step: usize,
+    /// A longer tool result is cut before the model reads it.
+    pub max_tool_result_chars: usize,
+    /// The history keeps at most this many messages (0: no bound); the
+    /// oldest turns go first, the instructions and call/result pairs stay.
+    pub max_history_messages: usize,
+    /// … and at most this many characters (0: no bound).
+    pub max_history_chars: usize,
     /// Spoken when the LLM fails before saying anything ("" says nothing).
     pub error_message: String,
 }
@@ -279,7 +294,13 @@ impl Default for SessionConfig {
     fn default() -> Self {
         let d = SessionOptions::default();
         Self {
+            greeting: String::new(),
             max_tool_steps: d.max_tool_steps,
+            tool_timeout: d.tools.timeout.as_secs_f64(),
+            max_tool_calls_per_step: d.tools.max_calls_per_step,
+            max_tool_result_chars: d.tools.max_result_chars,
+            max_history_messages: d.history.max_messages.unwrap_or(0),
+            max_history_chars: d.history.max_chars.unwrap_or(0),
             error_message: d.error_message,
         }
     }
@@ -509,6 +530,27 @@ fn validate(c: &Config) -> anyhow::Result<()> {
             c.session.max_tool_steps
         );
     }
+    if !c.session.tool_timeout.is_finite()
+        || c.session.tool_timeout < 0.1
+        || c.session.tool_timeout > 3600.0
+    {
+        bail!(
+            "key `session.tool_timeout`: {} is out of range (0.1 to 3600 seconds)",
+            c.session.tool_timeout
+        );
+    }
+    if !(1..=64).contains(&c.session.max_tool_calls_per_step) {
+        bail!(
+            "key `session.max_tool_calls_per_step`: {} is out of range (1 to 64)",
+            c.session.max_tool_calls_per_step
+        );
+    }
+    if !(100..=1_000_000).contains(&c.session.max_tool_result_chars) {
+        bail!(
+            "key `session.max_tool_result_chars`: {} is out of range (100 to 1000000)",
+            c.session.max_tool_result_chars
+        );
+    }
     Ok(())
 }
 
@@ -538,6 +580,17 @@ impl Config {
                 min_silence_duration: secs(self.vad.min_silence_duration),
             },
             max_tool_steps: self.session.max_tool_steps,
+            tools: ToolOptions {
+                timeout: secs(self.session.tool_timeout),
+                max_calls_per_step: self.session.max_tool_calls_per_step,
+                max_result_chars: self.session.max_tool_result_chars,
+            },
+            history: HistoryLimit {
+                max_messages: (self.session.max_history_messages > 0)
+                    .then_some(self.session.max_history_messages),
+                max_chars: (self.session.max_history_chars > 0)
+                    .then_some(self.session.max_history_chars),
+            },
             error_message: self.session.error_message.clone(),
             ..SessionOptions::default()
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot, watch};
-use worker::{JobOptions, Metrics, RoomJob, SessionFactory, Stop, WorkerOptions};
+use worker::{Entrypoint, JobOptions, Metrics, RoomJob, SessionFactory, Stop, WorkerOptions};
 
 use crate::config::Config;
 use crate::stages;
@@ -57,10 +57,11 @@ fn job_options(config: &Config, url: &str) -> JobOptions {
         connect,
         end_on_user_leave: config.worker.end_on_user_leave,
         user_identity: None,
+        drain_timeout: Duration::from_secs_f64(config.worker.drain_timeout),
     }
 }
 
-async fn factory(config: &Config) -> Result<Arc<SessionFactory>> {
+async fn factory(config: &Config, entrypoint: Entrypoint) -> Result<Arc<SessionFactory>> {
     let rate = config.tts.output_sample_rate;
     if !rtc::OPUS_RATES.contains(&rate) {
         bail!(
@@ -71,6 +72,7 @@ async fn factory(config: &Config) -> Result<Arc<SessionFactory>> {
         stages: stages::build(config).await?,
         options: config.session_options(),
         output_rate: rate,
+        entrypoint,
     }))
 }
 
@@ -104,9 +106,9 @@ fn watch_signals(first: impl FnOnce() + Send + 'static) {
 }
 
 /// `start` / `dev`: the worker.
-pub async fn worker(config: &Config) -> Result<()> {
+pub async fn worker(config: &Config, entrypoint: Entrypoint) -> Result<()> {
     let env = livekit_env()?;
-    let factory = factory(config).await?;
+    let factory = factory(config, entrypoint).await?;
     let agent_name = std::env::var("LIVEKIT_AGENT_NAME")
         .ok()
         .unwrap_or_else(|| config.worker.agent_name.clone());
@@ -146,9 +148,14 @@ pub async fn worker(config: &Config) -> Result<()> {
 }
 
 /// `connect --room NAME`: one session in one room, no worker registration.
-pub async fn connect(config: &Config, room: &str, identity: &str) -> Result<()> {
+pub async fn connect(
+    config: &Config,
+    entrypoint: Entrypoint,
+    room: &str,
+    identity: &str,
+) -> Result<()> {
     let env = livekit_env()?;
-    let factory = factory(config).await?;
+    let factory = factory(config, entrypoint).await?;
     let token = worker::room_token(
         &env.api_key,
         &env.api_secret,
@@ -165,7 +172,10 @@ pub async fn connect(config: &Config, room: &str, identity: &str) -> Result<()> 
         job_id: format!("connect-{room}"),
         url: env.url.clone(),
         token,
-        context: agent::JobContext::default(),
+        context: agent::JobContext {
+            room_name: Some(room.to_owned()),
+            ..Default::default()
+        },
     };
     let options = Arc::new(job_options(config, &env.url));
     let metrics = Arc::new(Metrics::default());

@@ -165,7 +165,7 @@ async fn hello_is_answered_through_the_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config_file(
         &dir,
-        "[llm]\nmodel = \"moonshotai/kimi-k2.6\"\nprovider = \"baseten\"\n[llm.extra_kwargs]\ntemperature = 0.2\n",
+        "[llm]\nmodel = \"moonshotai/kimi-k2.6\"\nprovider = \"baseten\"\n[llm.extra_kwargs]\nmax_completion_tokens = 77\n",
     );
     let out = tokio::task::spawn_blocking(move || {
         voice_agent(
@@ -195,7 +195,10 @@ async fn hello_is_answered_through_the_gateway() {
     assert_eq!(req.provider.as_deref(), Some("baseten"));
     assert_eq!(req.body["model"], "moonshotai/kimi-k2.6");
     assert_eq!(req.body["stream"], true);
-    assert_eq!(req.body["temperature"], 0.2);
+    assert_eq!(req.body["max_completion_tokens"], 77, "extra_kwargs merged");
+    // K2.6 takes only its fixed sampling; the client sends it (thinking off).
+    assert_eq!(req.body["temperature"], 0.6);
+    assert_eq!(req.body["top_p"], 0.95);
     assert!(
         req.body.get("provider").is_none(),
         "provider leaked into the body"

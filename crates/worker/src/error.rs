@@ -38,4 +38,13 @@ pub enum JobError {
     /// The session actor panicked.
     #[error("the session panicked")]
     SessionPanicked,
+    /// The agent's entrypoint failed (its error's text, chained).
+    #[error("the entrypoint failed: {0}")]
+    Entrypoint(String),
+    /// The agent's entrypoint panicked.
+    #[error("the entrypoint panicked")]
+    EntrypointPanicked,
+    /// The entrypoint did not return within its time.
+    #[error("the entrypoint did not return within {0:?}")]
+    EntrypointTimeout(std::time::Duration),
 }

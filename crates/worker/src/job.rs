@@ -9,17 +9,24 @@
 //! - the output pump (session playout → our published track; `Cleared` drops
 //!   the track's queue at once), aborted when the job ends.
 //!
-//! The user is the first remote participant that is not an agent, unless one is
-//! named. Transcriptions go out as `lk.transcription` text streams; the agent
-//! state is kept in our `lk.agent.state` attribute.
+//! The user is the first participant of kind standard, SIP or connector
+//! (never another agent, a recorder or an ingress), or the one named; a second
+//! user joining later does not take the session over. The job's entrypoint
+//! gives the session's agent; its failure fails this job only.
+//! Transcriptions go out as `lk.transcription` text streams; the agent state
+//! is kept in our `lk.agent.state` attribute.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent::playout::Playout;
-use agent::session::{self, AudioIo, SessionEvent, SessionOptions, Stages};
+use agent::session::{self, AudioIo, SessionEvent, SessionOptions, SessionSetup, Stages};
 use agent::stage::JobContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use rtc::{RoomEvent, RtcError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -32,8 +39,6 @@ pub const TRANSCRIPTION_TOPIC: &str = "lk.transcription";
 /// Our participant attribute holding the agent state.
 pub const AGENT_STATE_ATTRIBUTE: &str = "lk.agent.state";
 
-/// Participant kind number of agents (`ParticipantInfo.Kind.AGENT`).
-const KIND_AGENT: i32 = 4;
 /// Rate at which the user's audio is decoded for the session.
 const INPUT_RATE: u32 = 16_000;
 /// Frames between the input pump and the session (1 s of 20 ms frames).
@@ -41,14 +46,45 @@ const INPUT_FRAMES: usize = 50;
 /// Frames the session may queue for playout ahead of the track (20 ms+ each).
 const PLAYOUT_FRAMES: usize = 32;
 
+/// An error an entrypoint returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs once per job with the job's context (room, metadata, the linked
+/// user) and gives the session's agent and data.
+pub type Entrypoint =
+    Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<SessionSetup, BoxError>> + Send + Sync>;
+
+/// An [`Entrypoint`] from an async function.
+pub fn entrypoint<F, Fut, S>(f: F) -> Entrypoint
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
+    S: Into<SessionSetup>,
+{
+    Arc::new(move |job| {
+        let fut = f(job);
+        Box::pin(async move { fut.await.map(Into::into) })
+    })
+}
+
+/// An [`Entrypoint`] that gives every job the same agent.
+pub fn fixed(setup: SessionSetup) -> Entrypoint {
+    Arc::new(move |_job| {
+        let setup = setup.clone();
+        Box::pin(async move { Ok(setup) })
+    })
+}
+
 /// What every session in this worker runs on.
 #[derive(Clone)]
 pub struct SessionFactory {
     pub stages: Stages,
-    /// Template; the job context is filled in per job.
+    /// Template; the agent, its data and the job context are set per job.
     pub options: SessionOptions,
     /// Sample rate of the agent's published audio (an Opus rate: 8, 12, 16, 24, 48 kHz).
     pub output_rate: u32,
+    /// Gives each job's agent.
+    pub entrypoint: Entrypoint,
 }
 
 /// How jobs behave in their rooms.
@@ -58,8 +94,10 @@ pub struct JobOptions {
     pub connect: rtc::ConnectOptions,
     /// End the session when the user leaves.
     pub end_on_user_leave: bool,
-    /// Talk to this identity only; `None`: the first remote participant that is not an agent.
+    /// Talk to this identity only; `None`: the first participant [`links_to`] accepts.
     pub user_identity: Option<String>,
+    /// How long a draining session may take to finish its reply.
+    pub drain_timeout: Duration,
 }
 
 impl Default for JobOptions {
@@ -68,6 +106,7 @@ impl Default for JobOptions {
             connect: rtc::ConnectOptions::default(),
             end_on_user_leave: true,
             user_identity: None,
+            drain_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -104,6 +143,12 @@ impl Drop for Owned {
 /// Runs one job to its end. `joined` is told once the room is joined and the
 /// agent's track is published. `Ok` when the session ended normally (the user
 /// left, a drain, a termination).
+///
+/// Its steps: join and publish; wait for the user to link to (see
+/// [`links_to`]); run the entrypoint with the job's context, which gives the
+/// session's agent; run the session, starting the agent's `on_enter` once the
+/// user's audio is subscribed (so the user hears it), or [`ENTER_WITHOUT_AUDIO`]
+/// after the session started if the user publishes none.
 pub async fn run(
     job: RoomJob,
     factory: Arc<SessionFactory>,
@@ -130,6 +175,21 @@ pub async fn run(
             .set_attributes(state_attr(agent::AgentState::Initializing))
             .await;
 
+        let Some(Linked { user, early_tracks }) =
+            link_user(&mut room_events, &options, &mut stop, &job.job_id).await?
+        else {
+            return Ok(()); // told to stop before anyone came
+        };
+        tracing::info!(job = %job.job_id, user = %user.identity, "linked to the user");
+        let mut context = job.context.clone();
+        context.participant = Some(agent::Participant {
+            identity: user.identity.clone(),
+            name: user.name.clone(),
+            metadata: user.metadata.clone(),
+            attributes: user.attributes.clone().into_iter().collect(),
+        });
+        let setup = run_entrypoint(&factory.entrypoint, context.clone()).await?;
+
         let stages = factory.stages.clone();
         let (input_tx, input_rx) = mpsc::channel(INPUT_FRAMES);
         let input = stages.stt.is_some().then_some(input_rx);
@@ -140,8 +200,9 @@ pub async fn run(
         } else {
             (None, None)
         };
-        let mut session_options = factory.options.clone();
-        session_options.job = job.context.clone();
+        let mut session_options = factory.options.clone().with_setup(setup);
+        session_options.job = context;
+        session_options.defer_enter = true;
         let (handle, mut events, mut session_task) =
             session::start(stages, session_options, AudioIo { input, output });
         metrics.session_started();
@@ -149,13 +210,19 @@ pub async fn run(
             room: room.clone(),
             job_id: job.job_id.clone(),
             agent_track_sid: track.sid().to_owned(),
-            user: options.user_identity.clone(),
+            user: user.identity.clone(),
             user_track_sid: String::new(),
             user_segment: 0,
             agent_text: String::new(),
             metrics: metrics.clone(),
         };
         let mut input_pump: Option<Owned> = None;
+        let mut enter_at = Some(tokio::time::Instant::now() + ENTER_WITHOUT_AUDIO);
+        for t in early_tracks {
+            if bridge.listen_to(t, &mut input_pump, &input_tx, factory.stages.stt.is_some()) {
+                enter_at = Some(tokio::time::Instant::now());
+            }
+        }
         let mut handle = Some(handle);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let outcome = loop {
@@ -174,34 +241,25 @@ pub async fn run(
                 Some(event) = events.recv() => bridge.session_event(event).await,
                 event = room_events.recv() => match event {
                     None | Some(RoomEvent::Disconnected(_)) => break Err(JobError::RoomLost),
-                    Some(RoomEvent::ParticipantJoined(p)) => {
-                        if bridge.user.is_none() && p.kind != KIND_AGENT {
-                            tracing::info!(job = %job.job_id, user = %p.identity, "user joined");
-                            bridge.user = Some(p.identity);
-                        }
-                    }
                     Some(RoomEvent::ParticipantLeft(p)) => {
-                        if bridge.user.as_deref() == Some(p.identity.as_str()) && options.end_on_user_leave {
+                        if bridge.user == p.identity && options.end_on_user_leave {
                             tracing::info!(job = %job.job_id, user = %p.identity, "user left: ending the session");
                             break Ok(());
                         }
                     }
                     Some(RoomEvent::TrackSubscribed(t)) => {
-                        if bridge.user.is_none() {
-                            bridge.user = Some(t.participant_identity().to_owned());
-                        }
-                        if bridge.user.as_deref() == Some(t.participant_identity()) && factory.stages.stt.is_some() {
-                            bridge.user_track_sid = t.sid().to_owned();
-                            match t.into_stream(INPUT_RATE) {
-                                Ok(stream) => {
-                                    input_pump = Some(Owned(tokio::spawn(input_pump_task(stream, input_tx.clone()))));
-                                }
-                                Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot decode the user's track"),
-                            }
+                        if bridge.listen_to(t, &mut input_pump, &input_tx, factory.stages.stt.is_some()) {
+                            enter_at = enter_at.map(|_| tokio::time::Instant::now());
                         }
                     }
                     Some(_) => {}
                 },
+                _ = sleep_until(enter_at) => {
+                    enter_at = None;
+                    if let Some(h) = &handle {
+                        let _ = h.enter().await;
+                    }
+                }
                 changed = stop.changed() => {
                     let now = if changed.is_err() { Stop::Now } else { *stop.borrow_and_update() };
                     match now {
@@ -212,7 +270,7 @@ pub async fn run(
                                 // Resolves when the reply is over; the session task then ends.
                                 tokio::spawn(async move { let _ = h.drain().await; });
                             }
-                            drain_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(60));
+                            drain_deadline.get_or_insert(tokio::time::Instant::now() + options.drain_timeout);
                         }
                     }
                 }
@@ -247,6 +305,97 @@ pub async fn run(
     result
 }
 
+/// How long after the session starts the agent enters (greets) when the user
+/// publishes no audio (a text-only client).
+pub const ENTER_WITHOUT_AUDIO: Duration = Duration::from_secs(2);
+/// Tracks of the user kept while the entrypoint runs.
+const EARLY_TRACKS: usize = 4;
+
+/// Participant kinds a session talks to, as LiveKit Agents links them:
+/// standard clients, SIP callers, connectors (`ParticipantInfo.Kind`).
+const USER_KINDS: [i32; 3] = [0, 3, 7];
+
+/// Whether the session links to `p`: a person (not an agent, a recorder or
+/// an ingress), and the configured identity if one is set.
+pub fn links_to(p: &rtc::Participant, wanted: Option<&str>) -> bool {
+    USER_KINDS.contains(&p.kind) && wanted.is_none_or(|w| w == p.identity)
+}
+
+/// The user, and their audio tracks subscribed before the session started.
+struct Linked {
+    user: rtc::Participant,
+    early_tracks: Vec<rtc::RemoteAudioTrack>,
+}
+
+/// Waits for the first participant the session links to. `None` when told to
+/// stop first.
+async fn link_user(
+    room_events: &mut mpsc::Receiver<RoomEvent>,
+    options: &JobOptions,
+    stop: &mut watch::Receiver<Stop>,
+    job_id: &str,
+) -> Result<Option<Linked>, JobError> {
+    let wanted = options.user_identity.as_deref();
+    let mut tracks: Vec<rtc::RemoteAudioTrack> = Vec::new();
+    loop {
+        tokio::select! {
+            event = room_events.recv() => match event {
+                None | Some(RoomEvent::Disconnected(_)) => return Err(JobError::RoomLost),
+                Some(RoomEvent::ParticipantJoined(p)) if links_to(&p, wanted) => {
+                    tracks.retain(|t| t.participant_identity() == p.identity);
+                    return Ok(Some(Linked { user: p, early_tracks: tracks }));
+                }
+                Some(RoomEvent::ParticipantJoined(p)) => {
+                    tracing::debug!(job = %job_id, identity = %p.identity, kind = p.kind, "not a user to talk to");
+                }
+                Some(RoomEvent::TrackSubscribed(t)) => {
+                    // Its publisher's join may come after it.
+                    if tracks.len() < EARLY_TRACKS {
+                        tracks.push(t);
+                    }
+                }
+                Some(_) => {}
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow_and_update() != Stop::Run {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the entrypoint; its failure, panic or hang fails this job only.
+async fn run_entrypoint(
+    entrypoint: &Entrypoint,
+    context: JobContext,
+) -> Result<SessionSetup, JobError> {
+    let call = AssertUnwindSafe(entrypoint(context)).catch_unwind();
+    match tokio::time::timeout(ENTRYPOINT_TIMEOUT, call).await {
+        Err(_) => Err(JobError::EntrypointTimeout(ENTRYPOINT_TIMEOUT)),
+        Ok(Err(_panic)) => {
+            tracing::error!("the entrypoint panicked");
+            Err(JobError::EntrypointPanicked)
+        }
+        Ok(Ok(Err(e))) => Err(JobError::Entrypoint(error_chain(e.as_ref()))),
+        Ok(Ok(Ok(setup))) => Ok(setup),
+    }
+}
+
+/// The longest an entrypoint may take to give its agent.
+pub const ENTRYPOINT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -263,7 +412,8 @@ struct Bridge {
     room: rtc::Room,
     job_id: String,
     agent_track_sid: String,
-    user: Option<String>,
+    /// The linked user's identity.
+    user: String,
     user_track_sid: String,
     /// Numbers the user's transcript segments; bumped after each final one.
     user_segment: u64,
@@ -273,6 +423,31 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// Feeds the session from `track` if it is the user's; true if it is.
+    fn listen_to(
+        &mut self,
+        track: rtc::RemoteAudioTrack,
+        pump: &mut Option<Owned>,
+        input: &mpsc::Sender<agent::AudioFrame>,
+        hears: bool,
+    ) -> bool {
+        if track.participant_identity() != self.user {
+            return false;
+        }
+        if hears {
+            self.user_track_sid = track.sid().to_owned();
+            match track.into_stream(INPUT_RATE) {
+                Ok(stream) => {
+                    *pump = Some(Owned(tokio::spawn(input_pump_task(stream, input.clone()))));
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.job_id, error = %e, "cannot decode the user's track")
+                }
+            }
+        }
+        true
+    }
+
     async fn session_event(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::AgentState(s) => {

@@ -58,7 +58,9 @@ mod worker;
 
 pub use conn::{agent_url, backoff, room_token, worker_token};
 pub use error::{JobError, WorkerError};
-pub use job::{JobOptions, RoomJob, SessionFactory, Stop};
+pub use job::{
+    BoxError, Entrypoint, JobOptions, RoomJob, SessionFactory, Stop, entrypoint, fixed, links_to,
+};
 pub use load::{CpuSampler, LoadAverage};
 pub use metrics::Metrics;
 pub use worker::{WorkerOptions, run};
