@@ -5,6 +5,8 @@
 #     python3-venv (the human-side client's venv)
 #   - the real LiveKit server, built with `go install` and cached
 #   - a Python venv with the LiveKit Python SDK (livekit, livekit-api), pinned
+#   - the reference MCP server @modelcontextprotocol/server-everything (npm), pinned,
+#     for crates/mcp's tests and benchmark (needs node and npm: Debian's nodejs, npm)
 #
 # Everything is cached under $VOICE_AGENT_TEST_CACHE (default ~/.cache/voice-agent-test).
 # Re-running it does nothing when everything is already present.
@@ -15,6 +17,7 @@ LIVEKIT_SERVER_VERSION="v1.13.5"
 PY_LIVEKIT_VERSION="1.2.1"
 PY_LIVEKIT_API_VERSION="1.2.2"
 PY_NUMPY_VERSION="2.4.6"
+MCP_EVERYTHING_VERSION="2026.8.31"
 
 mkdir -p "$CACHE/bin"
 
@@ -23,6 +26,8 @@ command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need_apt+=(libopus-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     SUDO=""
@@ -57,4 +62,21 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PINS
     echo "$PINS" > "$VENV/.pins"
 fi
 
-echo "setup: ok (server $SERVER_BIN, venv $VENV)"
+# The MCP reference server, installed from npm into its own prefix (no global install).
+NPM_DIR="$CACHE/npm"
+MCP_EVERYTHING_DIR="$NPM_DIR/node_modules/@modelcontextprotocol/server-everything"
+mcp_everything_version() {
+    node -e 'process.stdout.write(require(process.argv[1]).version)' "$MCP_EVERYTHING_DIR/package.json" 2>/dev/null
+}
+if [ ! -f "$MCP_EVERYTHING_DIR/dist/index.js" ] || [ "$(mcp_everything_version)" != "$MCP_EVERYTHING_VERSION" ]; then
+    echo "setup: installing @modelcontextprotocol/server-everything@$MCP_EVERYTHING_VERSION (npm)"
+    mkdir -p "$NPM_DIR"
+    [ -f "$NPM_DIR/package.json" ] || echo '{"name":"voice-agent-test-npm","private":true}' > "$NPM_DIR/package.json"
+    npm install --prefix "$NPM_DIR" --no-audit --no-fund --save-exact --loglevel=error \
+        "@modelcontextprotocol/server-everything@$MCP_EVERYTHING_VERSION"
+    if [ "$(mcp_everything_version)" != "$MCP_EVERYTHING_VERSION" ]; then
+        echo "setup: server-everything $MCP_EVERYTHING_VERSION did not install into $NPM_DIR" >&2; exit 1
+    fi
+fi
+
+echo "setup: ok (server $SERVER_BIN, venv $VENV, MCP server $MCP_EVERYTHING_DIR)"
