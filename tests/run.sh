@@ -21,7 +21,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
-# The LiveKit server (built from its Go module) and the Python test client.
+# The LiveKit server (built from its Go module), the Python test client and
+# the MCP reference server (@modelcontextprotocol/server-everything, npm).
 tests/setup.sh
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -31,4 +32,17 @@ cargo run -q -p voice-agent -- download-files
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# A program with cloud speech only (voice-agent without its default feature
+# `local-speech`) builds, and compiles none of the local engines: no candle,
+# no ort, no espeak-ng crate.
+cargo check -q -p voice-agent --no-default-features
+cloud_tree="$(cargo tree -p voice-agent --no-default-features -e normal --prefix none)"
+local_crates="$(grep -E '^(candle-[a-z0-9_-]+|ort|ort-sys|[a-z0-9_-]*espeak[a-z0-9_-]*) v' <<<"$cloud_tree" | sed 's/ (\*)$//' | sort -u)" || true
+if [ -n "$local_crates" ]; then
+    echo "run.sh: voice-agent --no-default-features still depends on local speech engines:" >&2
+    echo "$local_crates" >&2
+    exit 1
+fi
+
 cargo test --workspace

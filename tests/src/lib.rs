@@ -14,7 +14,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -224,9 +224,11 @@ pub fn token(identity: &str, room: &str) -> Result<String, HarnessError> {
 /// The human side: `tests/python/human.py` with the real LiveKit Python SDK.
 pub struct Human {
     child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
+    lines: mpsc::Receiver<(Instant, serde_json::Value)>,
     /// Everything seen so far (for failure messages).
     pub seen: Vec<serde_json::Value>,
+    /// When each of `seen` arrived (read off the script's stdout as it came).
+    pub seen_at: Vec<Instant>,
 }
 
 impl Human {
@@ -260,7 +262,7 @@ impl Human {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && tx.send(v).await.is_err()
+                    && tx.send((Instant::now(), v)).await.is_err()
                 {
                     break;
                 }
@@ -270,6 +272,7 @@ impl Human {
             child,
             lines: rx,
             seen: Vec::new(),
+            seen_at: Vec::new(),
         })
     }
 
@@ -303,7 +306,7 @@ impl Human {
     ) -> Result<serde_json::Value, HarnessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let v = tokio::time::timeout_at(deadline, self.lines.recv())
+            let (at, v) = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
                 .map_err(|_| {
                     HarnessError::Timeout(format!("python event {event:?}; seen: {:?}", self.seen))
@@ -315,6 +318,7 @@ impl Human {
                     ))
                 })?;
             self.seen.push(v.clone());
+            self.seen_at.push(at);
             if v.get("event").and_then(|e| e.as_str()) == Some("error") {
                 return Err(HarnessError::Other(format!("python error: {v}")));
             }
@@ -322,6 +326,14 @@ impl Human {
                 return Ok(v);
             }
         }
+    }
+
+    /// When the first event named `event` arrived, if it did.
+    pub fn arrival(&self, event: &str) -> Option<Instant> {
+        self.seen
+            .iter()
+            .position(|v| v["event"] == event)
+            .and_then(|i| self.seen_at.get(i).copied())
     }
 
     /// Kill the script.
@@ -363,19 +375,22 @@ pub async fn espeak(text: &str, path: &Path) -> Result<(), HarnessError> {
 
 /// Speaks each text with espeak-ng, each followed by its seconds of silence,
 /// into one WAV at `path` (22.05 kHz mono): a user asking several questions.
+/// An empty text is silence only (a user who waits before speaking).
 pub async fn espeak_turns(turns: &[(&str, f64)], path: &Path) -> Result<(), HarnessError> {
     let mut all = Pcm {
         samples: Vec::new(),
         sample_rate: 22_050,
     };
     for (i, (text, silence)) in turns.iter().enumerate() {
-        let part = path.with_extension(format!("part{i}.wav"));
-        espeak(text, &part).await?;
-        let pcm = read_wav(&part)?;
-        let _ = std::fs::remove_file(&part);
-        all.sample_rate = pcm.sample_rate;
-        all.samples.extend_from_slice(&pcm.samples);
-        let gap = (silence * f64::from(pcm.sample_rate)) as usize;
+        if !text.is_empty() {
+            let part = path.with_extension(format!("part{i}.wav"));
+            espeak(text, &part).await?;
+            let pcm = read_wav(&part)?;
+            let _ = std::fs::remove_file(&part);
+            all.sample_rate = pcm.sample_rate;
+            all.samples.extend_from_slice(&pcm.samples);
+        }
+        let gap = (silence * f64::from(all.sample_rate)) as usize;
         all.samples.extend(std::iter::repeat_n(0i16, gap));
     }
     write_wav(path, &all)
@@ -615,6 +630,40 @@ pub fn voice_agent_bin() -> Result<PathBuf, HarnessError> {
     }
 }
 
+/// A cargo example of the `voice-agent` crate, built next to the test
+/// (`cargo test` builds the examples).
+pub fn example_bin(name: &str) -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("examples").join(name))
+        .ok_or_else(|| HarnessError::Other("no target directory".into()))?;
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing(format!(
+            "{} (build it with `cargo build -p voice-agent --examples`)",
+            p.display()
+        )))
+    }
+}
+
+/// The reference MCP server `@modelcontextprotocol/server-everything`, as
+/// `tests/setup.sh` installs it: its `dist/index.js`.
+pub fn mcp_everything() -> Result<PathBuf, HarnessError> {
+    let p =
+        cache_dir().join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::Missing(format!(
+            "{} (run tests/setup.sh)",
+            p.display()
+        )))
+    }
+}
+
 /// `GET path` on `127.0.0.1:port`: the status code and the body.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), HarnessError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -707,7 +756,8 @@ pub enum LlmAnswer {
 pub struct LlmStandIn {
     /// Base URL (`http://127.0.0.1:PORT/v1`).
     pub url: String,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Each request body with when it arrived.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(Instant, serde_json::Value)>>>,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -766,7 +816,7 @@ impl LlmStandIn {
                         .unwrap_or_default();
                     let answer = check_tool_history(&body).map(|()| route(&body));
                     if let Ok(mut kept) = kept.lock() {
-                        kept.push(body);
+                        kept.push((Instant::now(), body));
                     }
                     served.fetch_add(1, Ordering::SeqCst);
                     let answer = match answer {
@@ -847,7 +897,18 @@ impl LlmStandIn {
 
     /// The request bodies received so far, in order.
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.requests
+            .lock()
+            .map(|r| r.iter().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// When each request arrived, in order.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.requests
+            .lock()
+            .map(|r| r.iter().map(|(t, _)| *t).collect())
+            .unwrap_or_default()
     }
 
     /// How many requests were received.
@@ -1105,6 +1166,32 @@ impl AgentProcess {
         llm_keys: &str,
         sections: &str,
     ) -> Result<Self, HarnessError> {
+        Self::start_program(
+            &voice_agent_bin()?,
+            server,
+            name,
+            llm_url,
+            drain_timeout_s,
+            env,
+            llm_keys,
+            sections,
+        )
+        .await
+    }
+
+    /// [`AgentProcess::start_configured`] for another program built on the
+    /// `voice-agent` library (an example, see [`example_bin`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_program(
+        program: &Path,
+        server: &LiveKitServer,
+        name: &str,
+        llm_url: &str,
+        drain_timeout_s: f64,
+        env: &[(&str, &str)],
+        llm_keys: &str,
+        sections: &str,
+    ) -> Result<Self, HarnessError> {
         let dir = std::env::temp_dir().join(format!("va-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let http_port = free_port(false)?;
@@ -1118,7 +1205,7 @@ impl AgentProcess {
         std::fs::write(&config_path, config)?;
         let log_path = dir.join("agent.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(voice_agent_bin()?)
+        let mut child = Command::new(program)
             .arg("--config")
             .arg(&config_path)
             .arg("dev")

@@ -204,3 +204,148 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The per-room entrypoint's failure is that room's alone: a worker whose
+/// entrypoint fails for one room and panics for another fails those two jobs
+/// (their agents join, then leave; `JS_FAILED` twice) and serves a third
+/// room, whose entrypoint saw the room's name and the user who joined it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_entrypoint_fails_only_its_own_job() -> Result<(), HarnessError> {
+    init_logging();
+    let server = LiveKitServer::start_logging("info").await?;
+    let seen: Arc<std::sync::Mutex<Vec<JobContext>>> = Arc::default();
+    let entrypoint = {
+        let seen = seen.clone();
+        worker::entrypoint(move |job: JobContext| {
+            if let Ok(mut s) = seen.lock() {
+                s.push(job.clone());
+            }
+            async move {
+                match job.room_name.as_deref() {
+                    Some("ep-error") => Err("no menu for this room".into()),
+                    Some("ep-panic") => panic!("bug in an entrypoint"),
+                    _ => Ok(agent::Agent::new("You are fine.")),
+                }
+            }
+        })
+    };
+    let factory = Arc::new(worker::SessionFactory {
+        stages: Stages {
+            llm: Arc::new(UnusedLlm) as Arc<dyn Llm>,
+            stt: None,
+            tts: None,
+            vad: None,
+            turn_detector: None,
+        },
+        options: SessionOptions::default(),
+        output_rate: 48_000,
+        entrypoint,
+    });
+    let mut job_options = worker::JobOptions::default();
+    job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];
+    let metrics = Arc::new(worker::Metrics::default());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(worker::run(
+        worker::WorkerOptions {
+            url: server.url(),
+            api_key: API_KEY.into(),
+            api_secret: API_SECRET.into(),
+            agent_name: String::new(),
+            max_jobs: 10,
+            load_threshold: 1.0,
+            drain_timeout: Duration::from_secs(2),
+            http_addr: None,
+            report_interval: Duration::from_millis(500),
+        },
+        factory,
+        Arc::new(job_options),
+        metrics.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !metrics.healthy() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(err("the worker never registered"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let identity = |v: serde_json::Value| v["identity"].as_str().unwrap_or_default().to_owned();
+    let mut users = Vec::new();
+    for room in ["ep-error", "ep-panic"] {
+        let mut user = Human::spawn(
+            &server.url(),
+            &token(&format!("{room}-user"), room)?,
+            &["--duration", "60"],
+        )
+        .await?;
+        let agent = identity(user.wait_agent(Duration::from_secs(30)).await?);
+        loop {
+            let v = user
+                .wait_event("participant_left", Duration::from_secs(30))
+                .await
+                .map_err(|e| err(format!("{room}: the agent stayed: {e}")))?;
+            if v["identity"].as_str() == Some(agent.as_str()) {
+                break;
+            }
+        }
+        users.push(user);
+    }
+    let mut fine = Human::spawn(
+        &server.url(),
+        &token("fine-user", "ep-fine")?,
+        &["--duration", "60"],
+    )
+    .await?;
+    fine.wait_agent(Duration::from_secs(30)).await?;
+    if let Ok(v) = fine
+        .wait_event("participant_left", Duration::from_secs(3))
+        .await
+    {
+        return Err(err(format!("the fine room lost its agent: {v}")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let failed = server
+            .log()
+            .lines()
+            .filter(|l| l.contains("job ended") && l.contains("JS_FAILED"))
+            .count();
+        if failed == 2 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(format!(
+                "{failed} JS_FAILED in the server log, want 2:\n{}",
+                server.log()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !metrics.healthy() || metrics.active_sessions() != 1 {
+        return Err(err(format!(
+            "worker healthy {}, sessions {} (want 1)",
+            metrics.healthy(),
+            metrics.active_sessions()
+        )));
+    }
+    let contexts = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let fine_job = contexts
+        .iter()
+        .find(|c| c.room_name.as_deref() == Some("ep-fine"))
+        .ok_or_else(|| err(format!("no job for ep-fine: {contexts:?}")))?;
+    if fine_job.participant.as_ref().map(|p| p.identity.as_str()) != Some("fine-user")
+        || fine_job.job_id.is_none()
+        || fine_job.room_id.is_none()
+    {
+        return Err(err(format!("the entrypoint's context: {fine_job:?}")));
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), run).await;
+    for u in users {
+        u.kill().await;
+    }
+    fine.kill().await;
+    Ok(())
+}

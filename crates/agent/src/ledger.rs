@@ -352,6 +352,17 @@ impl Ledger {
             messages.extend(message);
             said.push((part, text));
         }
+        if interrupted && heard == Heard::All {
+            // Text mode: what was generated was seen, but the reply stopped
+            // early; its last words are where it was cut.
+            if let Some(last) = messages
+                .iter_mut()
+                .rev()
+                .find(|m| m.role == crate::chat::Role::Assistant && m.tool_calls.is_empty())
+            {
+                last.interrupted = true;
+            }
+        }
         said.sort_by_key(|(part, _)| *part);
         let spoken = join(said.iter().map(|(_, t)| t.as_str()));
         self.metrics.interrupted = interrupted;
@@ -548,7 +559,7 @@ mod tests {
         let mut l = Ledger::new(4, None);
         l.record(&text(0, 0, "Half a sent"));
         let out = l.finish(Heard::All, true);
-        assert_eq!(shape(&out.messages), vec!["\"Half a sent\""]);
+        assert_eq!(shape(&out.messages), vec!["\"Half a sent\" (cut)"]);
     }
 
     #[test]

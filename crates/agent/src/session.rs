@@ -234,6 +234,11 @@ pub enum SessionEvent {
     AgentChanged {
         agent: String,
     },
+    /// The agent's `on_enter` is done (what it asked to say is queued by
+    /// now); also sent for an agent without one.
+    AgentEntered {
+        agent: String,
+    },
     Metrics(TurnMetrics),
     /// A stage failed; the session goes on.
     Error {
@@ -285,6 +290,9 @@ enum Command {
     History(oneshot::Sender<ChatContext>),
     UpdateAgent(Agent),
     Enter,
+    /// An `on_enter` hook of this agent finished (sent by its task, after
+    /// whatever it asked for).
+    Entered(String),
     Drain(oneshot::Sender<()>),
 }
 
@@ -638,7 +646,7 @@ async fn run(
     };
     actor.machine.start();
     if !actor.options.defer_enter {
-        actor.enter(false);
+        actor.enter(false).await;
     }
     actor.apply_actions().await;
 
@@ -655,7 +663,7 @@ async fn run(
                         break;
                     }
                 }
-                Some(command) => actor.on_command(command),
+                Some(command) => actor.on_command(command).await,
             },
             Some(heard) = heard_rx.recv() => actor.on_heard(heard),
             event = recv_opt(&mut stt_events) => match event {
@@ -820,7 +828,7 @@ impl Actor {
         )
     }
 
-    fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Command) {
         let now = self.options.clock.now();
         match command {
             Command::UserText(text) => self.machine.handle_input(now, Input::UserText { text }),
@@ -840,8 +848,9 @@ impl Actor {
             Command::History(reply) => {
                 let _ = reply.send(self.chat.clone());
             }
-            Command::UpdateAgent(agent) => self.switch_agent(agent),
-            Command::Enter => self.enter(false),
+            Command::UpdateAgent(agent) => self.switch_agent(agent).await,
+            Command::Enter => self.enter(false).await,
+            Command::Entered(agent) => self.emit(SessionEvent::AgentEntered { agent }).await,
             // Handled by the loop.
             Command::Drain(_) => {}
         }
@@ -849,22 +858,26 @@ impl Actor {
 
     /// Runs the agent's `on_enter` (once at the start; again on each
     /// handoff). An agent handed over to without a hook answers at once.
-    fn enter(&mut self, handoff: bool) {
+    async fn enter(&mut self, handoff: bool) {
         if !handoff {
             if self.entered {
                 return;
             }
             self.entered = true;
         }
+        let agent = self.agent.name().to_string();
         match self.agent.enter_hook().cloned() {
             Some(hook) => {
                 let ctx = self.context();
-                let agent = self.agent.name().to_string();
+                let done = SessionHandle::inside(&self.inside);
                 self.hooks.spawn(async move {
                     if AssertUnwindSafe(hook(ctx)).catch_unwind().await.is_err() {
                         error!(agent, "the agent's on_enter hook panicked");
                     }
+                    // Behind the hook's own commands on the same channel.
+                    let _ = done.commands.send(Command::Entered(agent)).await;
                 });
+                return;
             }
             None if handoff => {
                 let (done, _) = oneshot::channel();
@@ -879,16 +892,18 @@ impl Actor {
             }
             None => {}
         }
+        self.emit(SessionEvent::AgentEntered { agent }).await;
     }
 
-    fn switch_agent(&mut self, agent: Agent) {
+    async fn switch_agent(&mut self, agent: Agent) {
         info!(from = self.agent.name(), to = agent.name(), "agent handoff");
         self.chat.set_instructions(agent.instructions());
         self.agent = agent;
-        let _ = self.events.try_send(SessionEvent::AgentChanged {
+        self.emit(SessionEvent::AgentChanged {
             agent: self.agent.name().to_string(),
-        });
-        self.enter(true);
+        })
+        .await;
+        self.enter(true).await;
     }
 
     fn on_heard(&mut self, heard: VoiceEvent) {
@@ -1151,7 +1166,7 @@ impl Actor {
                     });
                 }
             }
-            ReplyEvent::Handoff(agent) => self.switch_agent(agent),
+            ReplyEvent::Handoff(agent) => self.switch_agent(agent).await,
             ReplyEvent::LlmFailed(error) => {
                 self.emit(SessionEvent::Error {
                     stage: "llm",

@@ -48,7 +48,9 @@ fn sommelier() -> Agent {
     .on_enter(|ctx| async move {
         let _ = ctx
             .session()
-            .generate_reply("Introduce yourself as the sommelier and answer the guest's wine question.")
+            .generate_reply(
+                "Introduce yourself as the sommelier and answer the guest's wine question.",
+            )
             .await;
     })
 }

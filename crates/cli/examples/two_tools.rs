@@ -13,9 +13,17 @@ struct Table {
 fn main() -> std::process::ExitCode {
     voice_agent::run(|_job| async move {
         Ok(Agent::new("You take table bookings for Luigi's. Be brief.")
-            .tool(tool("check_availability", "Is a table free?", |_ctx, t: Table| async move {
-                Ok(if t.party_size <= 6 { "free" } else { "no table that large" })
-            }))
+            .tool(tool(
+                "check_availability",
+                "Is a table free?",
+                |_ctx, t: Table| async move {
+                    Ok(if t.party_size <= 6 {
+                        "free"
+                    } else {
+                        "no table that large"
+                    })
+                },
+            ))
             .tool(tool("book", "Book a table", |_ctx, t: Table| async move {
                 Ok(format!("Booked for {} at {}.", t.party_size, t.time))
             })))

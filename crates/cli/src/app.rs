@@ -96,8 +96,8 @@ struct ConsoleArgs {
 /// 0.21 cannot parse the SDES that LiveKit's SFU sends with every sender report
 /// (a MID item, RFC 8843): a warning per session every 3 s, 65 a second at 200
 /// sessions. Our engine logs connection changes itself.
-const ROOM_LOGS: &str =
-    "info,rtc::peer_connection=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error";
+/// rmcp logs every message it receives at `info`.
+const ROOM_LOGS: &str = "info,rtc::peer_connection=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error,rmcp=warn";
 
 /// Where a program's agents come from.
 pub(crate) enum Source {
@@ -169,16 +169,8 @@ async fn run(cli: Cli, source: Source) -> Result<()> {
     }
     let config = loaded.config;
     if let Command::DownloadFiles { cache_dir } = cli.command {
-        let cache = stages::model_cache(cache_dir.or(config.models.cache_dir.clone()));
-        eprintln!("model cache: {}", cache.root().display());
-        tokio::task::spawn_blocking(move || {
-            cache.download(&[], &mut |line: &str| eprintln!("{line}"))
-        })
-        .await
-        .context("download task failed")?
-        .context("download-files failed")?;
-        eprintln!("all model files are in place");
-        return Ok(());
+        // Without the `local-speech` feature: nothing to download.
+        return stages::download_files(&config, cache_dir).await;
     }
     if let Command::Console(ConsoleArgs {
         mode: ConsoleMode {
@@ -197,7 +189,7 @@ async fn run(cli: Cli, source: Source) -> Result<()> {
     // The stock agent's MCP servers live as long as the program.
     let (entrypoint, _servers) = match source {
         Source::Program(entrypoint) => (entrypoint, Vec::new()),
-        Source::Stock => stock::entrypoint(&config)?,
+        Source::Stock => stock::entrypoint(&config).await?,
     };
     match cli.command {
         Command::Start | Command::Dev => serve::worker(&config, entrypoint).await,

@@ -30,6 +30,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub models: ModelsConfig,
     pub worker: WorkerConfig,
+    /// `[[mcp]]`: MCP servers whose tools the stock agent offers.
+    pub mcp: Vec<mcp::McpServerConfig>,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             models: ModelsConfig::default(),
             worker: WorkerConfig::default(),
+            mcp: Vec::new(),
         }
     }
 }
@@ -439,6 +442,7 @@ fn check_speech_stage(
 }
 
 fn validate(c: &Config) -> anyhow::Result<()> {
+    mcp::validate_all(&c.mcp).map_err(|e| anyhow::anyhow!("key `{e}`"))?;
     check_seconds("stt.interim_interval", c.stt.interim_interval, 30.0)?;
     let stt_fallback: Vec<&str> = c.stt.fallback.iter().map(|e| e.as_str()).collect();
     check_speech_stage(
@@ -731,6 +735,37 @@ mod tests {
             ("[tts]\nvoice = \"\"\n", "tts.voice"),
             ("[stt]\nfallback = [\"deepgram\"]\n", "deepgram"),
             ("[tts]\nprovider = \"cartesia\"\n", "provider"),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains(key), "{text} → {msg}");
+        }
+    }
+
+    #[test]
+    fn mcp_servers_and_session_keys_parse_and_are_checked() {
+        let c = parse(
+            "[session]\ngreeting = \"Welcome!\"\ntool_timeout = 5.0\nmax_history_messages = 0\n\
+             [[mcp]]\nname = \"everything\"\ncommand = \"node\"\nargs = [\"dist/index.js\", \"stdio\"]\n\
+             allowed_tools = [\"get-sum\"]\ntimeout = 10.0\n\
+             [[mcp]]\nname = \"remote\"\nurl = \"http://127.0.0.1:3001/mcp\"\n\
+             headers = { Authorization = \"env:MCP_TOKEN\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.mcp.len(), 2);
+        assert_eq!(c.mcp[0].name, "everything");
+        assert_eq!(c.mcp[1].url.as_deref(), Some("http://127.0.0.1:3001/mcp"));
+        assert_eq!(c.session.greeting, "Welcome!");
+        let o = c.session_options();
+        assert_eq!(o.tools.timeout, Duration::from_secs(5));
+        assert_eq!(o.history.max_messages, None, "0 is no bound");
+        for (text, key) in [
+            ("[[mcp]]\nname = \"x\"\n", "mcp[0]"),
+            (
+                "[[mcp]]\nname = \"x\"\ncommand = \"a\"\n[[mcp]]\nname = \"x\"\ncommand = \"b\"\n",
+                "mcp[1].name",
+            ),
+            ("[[mcp]]\nname = \"x\"\ncommand = \"a\"\nport = 1\n", "port"),
+            ("[session]\ntool_timeout = 0.0\n", "session.tool_timeout"),
         ] {
             let msg = parse(text).expect_err(text).to_string();
             assert!(msg.contains(key), "{text} → {msg}");

@@ -50,6 +50,25 @@
 //! conversation over (history kept). The session handle also has
 //! `generate_reply`, `interrupt`, `history` and `update_agent`.
 //!
+//! # Cargo features
+//! - `local-speech` (default): the local speech engines — whisper STT, Piper
+//!   and espeak-ng TTS, the Silero VAD, the Smart Turn detector — and
+//!   `download-files`, which fetches their models. They bring candle, `ort`
+//!   (ONNX) and libespeak-ng (`libespeak-ng-dev` at build time).
+//!
+//! A program whose speech is all LiveKit Inference (STT and TTS over
+//! websockets, with the built-in earshot VAD) can leave them out, and builds
+//! without any of them:
+//!
+//! ```toml
+//! voice-agent = { path = "crates/cli", default-features = false }
+//! ```
+//!
+//! Its config must then name no local engine — `stt.engine`, `tts.engine`
+//! and their fallbacks `"livekit"`, `vad.engine = "earshot"`,
+//! `turn.detector = "none"` — or the program fails at start with an error
+//! naming the keys; `download-files` says there is nothing to download.
+//!
 //! # Layout
 //! - `app`: the command line and the runtime.
 //! - `config`: `agent-config/agent.toml`.
@@ -72,6 +91,9 @@ pub use agent::{
     SessionContext, SessionHandle, SessionSetup, SpeechDone, SpeechHandle, Tool, ToolChoice,
     ToolContext, ToolError, ToolOutput, ToolProvider, ToolSet, ToolSpec, Userdata, tool,
 };
+/// MCP servers as tools: [`mcp::McpServer::start`], then
+/// [`Agent::tool_provider`].
+pub use mcp;
 pub use worker::BoxError;
 
 /// What an agent's program usually needs, in one `use`.

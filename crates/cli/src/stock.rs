@@ -3,9 +3,10 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent::{Agent, SessionSetup};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use worker::Entrypoint;
 
 use crate::config::Config;
@@ -14,8 +15,12 @@ use crate::config::Config;
 /// MCP servers' connections and child processes).
 pub(crate) type Keep = Vec<Arc<dyn Any + Send + Sync>>;
 
+/// How long the start waits for the MCP servers before going on without
+/// the ones not up yet (they join when they are).
+const MCP_START_WAIT: Duration = Duration::from_secs(5);
+
 /// The stock agent's entrypoint: the same agent in every room.
-pub(crate) fn entrypoint(config: &Config) -> Result<(Entrypoint, Keep)> {
+pub(crate) async fn entrypoint(config: &Config) -> Result<(Entrypoint, Keep)> {
     let mut agent = Agent::new(config.instructions.clone()).named("assistant");
     let greeting = config.session.greeting.trim().to_string();
     if !greeting.is_empty() {
@@ -26,6 +31,25 @@ pub(crate) fn entrypoint(config: &Config) -> Result<(Entrypoint, Keep)> {
             }
         });
     }
-    let keep: Keep = Vec::new();
+    let mut keep: Keep = Vec::new();
+    let mut servers = Vec::new();
+    for (i, server) in config.mcp.iter().enumerate() {
+        let started = mcp::McpServer::start(server)
+            .with_context(|| format!("cannot start MCP server mcp[{i}] ({})", server.name))?;
+        agent = agent.tool_provider(started.clone());
+        servers.push(started.clone());
+        keep.push(started);
+    }
+    let waits = servers.iter().map(|s| async move {
+        match s.wait_ready(MCP_START_WAIT).await {
+            Ok(()) => tracing::info!(server = s.name(), status = %s.status(), "MCP server ready"),
+            Err(e) => tracing::warn!(
+                server = s.name(),
+                error = %e,
+                "MCP server not up yet: the agent starts without its tools and retries"
+            ),
+        }
+    });
+    futures::future::join_all(waits).await;
     Ok((worker::fixed(SessionSetup::new(agent)), keep))
 }

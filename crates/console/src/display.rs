@@ -195,6 +195,20 @@ fn terminal_width() -> usize {
         .unwrap_or(80)
 }
 
+/// The first 120 characters of `text` on one line.
+fn one_line(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(120)
+        .collect();
+    if text.chars().count() > 120 {
+        format!("{flat}…")
+    } else {
+        flat
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,19 +277,5 @@ mod tests {
         assert_eq!(meter(-100.0, 4), "····");
         assert_eq!(meter(-30.0, 4), "██··");
         assert_eq!(meter(0.0, 4), "████");
-    }
-}
-
-/// The first 120 characters of `text` on one line.
-fn one_line(text: &str) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(120)
-        .collect();
-    if text.chars().count() > 120 {
-        format!("{flat}…")
-    } else {
-        flat
     }
 }

@@ -3,6 +3,8 @@
 //! real services have (refused upgrade, `error` event, dropped connection,
 //! stall), reconnects that keep the turn, the TTS pool, interruption, and
 //! fallback to the local engines (whisper, Piper) without losing the turn.
+//! The fallback tests need feature `local` (the default); the rest runs
+//! without it.
 
 mod common;
 mod gateway;
@@ -15,10 +17,12 @@ use agent::{
     TtsAudio, TtsInput,
 };
 use gateway::{Fault, Gateway, KEY, Plan, SECRET, Synth};
+#[cfg(feature = "local")]
 use speech::whisper::WhisperStt;
+#[cfg(feature = "local")]
+use speech::{FallbackStt, FallbackTts, ModelFile, PiperTts};
 use speech::{
-    FallbackStt, FallbackTts, InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts,
-    InferenceTtsOptions, ModelFile, PiperTts,
+    InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts, InferenceTtsOptions,
 };
 
 fn env(name: &str) -> Option<String> {
@@ -446,6 +450,7 @@ async fn stt_gives_up_after_its_retries_and_closes() {
 
 // ---------------------------------------------------------------- STT fallback
 
+#[cfg(feature = "local")]
 fn whisper() -> Arc<dyn Stt> {
     static W: OnceLock<WhisperStt> = OnceLock::new();
     Arc::new(
@@ -463,6 +468,7 @@ fn whisper() -> Arc<dyn Stt> {
 
 /// Speech at 16 kHz in 10 ms frames with the VAD hints around it, starting
 /// at stream time `at`; returns the stream time after it.
+#[cfg(feature = "local")]
 async fn speak_into(s: &SttStream, at: Duration, text: &str) -> Duration {
     let pcm = common::espeak_speech_16k(text);
     let pcm: Vec<i16> = pcm.iter().map(|&v| (v * 32767.0) as i16).collect();
@@ -486,6 +492,7 @@ async fn speak_into(s: &SttStream, at: Duration, text: &str) -> Duration {
     after
 }
 
+#[cfg(feature = "local")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stt_falls_back_to_whisper_mid_turn_without_losing_it() {
     let gw = Gateway::start(no_synth()).await;
@@ -535,6 +542,7 @@ async fn stt_falls_back_to_whisper_mid_turn_without_losing_it() {
     assert_eq!(gw.conns().len(), 2, "no reconnect after giving up");
 }
 
+#[cfg(feature = "local")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stt_falls_back_when_the_cloud_cannot_open() {
     let gw = Gateway::start(no_synth()).await;
@@ -822,6 +830,7 @@ async fn tts_stall_times_out() {
 
 // ---------------------------------------------------------------- TTS fallback
 
+#[cfg(feature = "local")]
 fn piper() -> Arc<dyn Tts> {
     let cache = common::require(&[
         ModelFile::PiperVoice,
@@ -831,6 +840,7 @@ fn piper() -> Arc<dyn Tts> {
     Arc::new(PiperTts::new(&cache).unwrap_or_else(|e| panic!("{e}")))
 }
 
+#[cfg(feature = "local")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tts_falls_back_to_piper_mid_reply_without_dropping_it() {
     let gw = Gateway::start(espeak_synth()).await;
@@ -864,6 +874,7 @@ async fn tts_falls_back_to_piper_mid_reply_without_dropping_it() {
     assert!(piper_secs > 1.5, "Piper spoke the rest: {piper_secs} s");
 }
 
+#[cfg(feature = "local")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tts_falls_back_when_the_cloud_cannot_open() {
     let gw = Gateway::start(espeak_synth()).await;

@@ -1,21 +1,25 @@
 //! Helpers shared by the engine tests: the model cache, espeak-ng fixtures,
-//! WAV reading, resampling and simple signal measures.
+//! WAV reading, resampling and simple signal measures. The model cache
+//! helpers exist with feature `local` only.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+#[cfg(feature = "local")]
 use speech::{ModelCache, ModelFile};
 
 /// The cache the engines load from. Tests fail (not skip) when a file is
 /// missing: the project's test script runs `voice-agent download-files` first.
+#[cfg(feature = "local")]
 pub fn cache() -> ModelCache {
     ModelCache::new(ModelCache::default_root())
 }
 
 /// Panics with the cache's own message (which names `voice-agent
 /// download-files`) if a file is missing.
+#[cfg(feature = "local")]
 pub fn require(files: &[ModelFile]) -> ModelCache {
     let cache = cache();
     for &f in files {
