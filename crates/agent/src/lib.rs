@@ -13,15 +13,20 @@
 //! - [`sentence`]: streaming sentence splitting for the TTS.
 //! - [`playout`]: the agent's outgoing audio queue: pause, clear, what was played.
 //! - [`clock`]: real time, or media time for files processed faster than real time.
-//! - [`session`]: the session actor that ties them together.
+//! - [`session`]: the session: its handle, options, events and `start`.
+//! - `actor` (private): the session's task and its one `select!`.
+//! - `input` (private): the audio input task (VAD, STT feed, end-of-turn
+//!   audio) and how stream time maps to session time.
 //! - `reply` (private): one reply's task: LLM steps, tools, TTS, playout.
 //! - `ledger` (private): one reply's bookkeeping (pure): parts, calls and
 //!   results, what was heard, what the history keeps, the turn's metrics.
 
+mod actor;
 pub mod agents;
 pub mod audio;
 pub mod chat;
 pub mod clock;
+mod input;
 mod ledger;
 pub mod playout;
 mod reply;
