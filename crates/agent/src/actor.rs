@@ -50,7 +50,7 @@ fn spawn_child(
 /// The reply in progress.
 struct ActiveReply {
     task: JoinHandle<()>,
-    generation: Option<u64>,
+    utterance: Option<u64>,
     ledger: Ledger,
     /// Interrupted: its events are ignored, its end is awaited.
     cancelled: bool,
@@ -522,7 +522,7 @@ impl Actor {
             // The machine only commits over a reply it is cancelling, whose
             // sink may not have reported its end yet: it ends here, with what
             // was heard of it, before the user's words.
-            let heard = match (&self.output, old.generation) {
+            let heard = match (&self.output, old.utterance) {
                 (Some((_, control)), Some(g)) => Heard::Parts(control.played_parts(g)),
                 _ => Heard::All,
             };
@@ -544,7 +544,7 @@ impl Actor {
         done: Option<oneshot::Sender<SpeechDone>>,
     ) {
         let output = self.output.as_ref().map(|(w, c)| (w.clone(), c.begin()));
-        let generation = output.as_ref().map(|(_, g)| *g);
+        let utterance = output.as_ref().map(|(_, g)| *g);
         let llm = self
             .agent
             .own_llm()
@@ -571,7 +571,7 @@ impl Actor {
         tokio::task::yield_now().await;
         self.reply = Some(ActiveReply {
             task,
-            generation,
+            utterance,
             ledger: Ledger::new(id, timing),
             cancelled: false,
             done,
@@ -710,15 +710,13 @@ impl Actor {
             return;
         };
         match event {
-            PlaybackEvent::Started { generation } if reply.generation == Some(generation) => {
+            PlaybackEvent::Started { utterance } if reply.utterance == Some(utterance) => {
                 reply.ledger.playback_started_at(now);
                 let id = reply.ledger.id();
                 self.machine
                     .handle_input(now, Input::PlaybackStarted { reply: id });
             }
-            PlaybackEvent::PartPlayed { generation, part }
-                if reply.generation == Some(generation) =>
-            {
+            PlaybackEvent::PartPlayed { utterance, part } if reply.utterance == Some(utterance) => {
                 if let Some(i) = reply.waiters.iter().position(|(p, _)| *p == part) {
                     let (_, done) = reply.waiters.swap_remove(i);
                     let _ = done.send(SpeechDone {
@@ -728,11 +726,11 @@ impl Actor {
                 }
             }
             PlaybackEvent::Finished {
-                generation,
+                utterance,
                 parts,
                 interrupted,
                 ..
-            } if reply.generation == Some(generation) => {
+            } if reply.utterance == Some(utterance) => {
                 let interrupted = interrupted || reply.cancelled;
                 let heard = if interrupted {
                     Heard::Parts(parts)
@@ -741,7 +739,7 @@ impl Actor {
                 };
                 self.finish_reply(heard, interrupted).await;
             }
-            _ => {} // another generation's
+            _ => {} // another utterance's
         }
     }
 

@@ -4,16 +4,17 @@
 //! accounting of what was actually played, text included.
 //!
 //! Three ends, each owned by one party:
-//! - [`PlayoutWriter`] (the reply task) queues frames tagged with a generation;
-//! - [`PlayoutControl`] (the session) starts generations, pauses, clears, and
+//! - [`PlayoutWriter`] (the reply task) queues frames tagged with an utterance;
+//! - [`PlayoutControl`] (the session) starts utterances, pauses, clears, and
 //!   reads [`PlaybackEvent`]s;
 //! - [`PlayoutReader`] (the sink) takes frames to play.
 //!
-//! A clear bumps the current generation: queued frames of older generations
+//! A clear bumps the current utterance: queued frames of older utterances
 //! are dropped when the reader reaches them, so clearing never waits behind
 //! the queue. Events go through a small mutex-guarded deque (two per
-//! generation and one per part), so the sink never blocks on the session.
+//! utterance and one per part), so the sink never blocks on the session.
 //!
+//! An utterance is one reply's audio, numbered by [`PlayoutControl::begin`].
 //! A reply's audio comes in *parts* (each LLM step's text, each `say` of a
 //! tool): frames carry their part, and what was played is accounted per part,
 //! so the session knows what of each part the user heard.
@@ -29,14 +30,14 @@ use crate::audio::{AudioFrame, duration_of};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlaybackEvent {
-    /// The first frame of generation `generation` went to the sink.
-    Started { generation: u64 },
+    /// The first frame of utterance `utterance` went to the sink.
+    Started { utterance: u64 },
     /// Every frame of `part` was played (the writer marked its end, see
     /// [`PlayoutWriter::end_part`]).
-    PartPlayed { generation: u64, part: u32 },
-    /// Generation `generation` is over: played to its end, or cleared.
+    PartPlayed { utterance: u64, part: u32 },
+    /// Utterance `utterance` is over: played to its end, or cleared.
     Finished {
-        generation: u64,
+        utterance: u64,
         played: Duration,
         /// The text of the frames that were played.
         text: String,
@@ -56,31 +57,31 @@ pub enum Playout {
 
 enum Item {
     Audio {
-        generation: u64,
+        utterance: u64,
         part: u32,
         frame: AudioFrame,
         text: String,
     },
     /// The frames of `part` before this are all it has.
     PartEnd {
-        generation: u64,
+        utterance: u64,
         part: u32,
     },
     End {
-        generation: u64,
+        utterance: u64,
     },
 }
 
 struct Shared {
     sample_rate: u32,
-    generation: AtomicU64,
+    utterance: AtomicU64,
     paused: AtomicBool,
     /// Wakes the reader on clear, pause and resume.
     wake: Notify,
     events: Mutex<VecDeque<PlaybackEvent>>,
     /// Wakes the session when an event is queued.
     event_ready: Notify,
-    /// The generation being played and its text so far by part, for a
+    /// The utterance being played and its text so far by part, for a
     /// session that must know what was heard before the sink reports the end.
     played: Mutex<(u64, Vec<(u32, String)>)>,
 }
@@ -102,7 +103,7 @@ pub fn playout(
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         sample_rate,
-        generation: AtomicU64::new(0),
+        utterance: AtomicU64::new(0),
         paused: AtomicBool::new(false),
         wake: Notify::new(),
         events: Mutex::new(VecDeque::new()),
@@ -146,14 +147,14 @@ impl PlayoutWriter {
     /// queue is full.
     pub async fn push(
         &self,
-        generation: u64,
+        utterance: u64,
         part: u32,
         frame: AudioFrame,
         text: String,
     ) -> Result<(), PlayoutClosed> {
         self.tx
             .send(Item::Audio {
-                generation,
+                utterance,
                 part,
                 frame,
                 text,
@@ -165,17 +166,17 @@ impl PlayoutWriter {
     /// Marks the end of a part's audio: the session hears of it
     /// ([`PlaybackEvent::PartPlayed`]) once the sink has taken every frame
     /// queued before.
-    pub async fn end_part(&self, generation: u64, part: u32) -> Result<(), PlayoutClosed> {
+    pub async fn end_part(&self, utterance: u64, part: u32) -> Result<(), PlayoutClosed> {
         self.tx
-            .send(Item::PartEnd { generation, part })
+            .send(Item::PartEnd { utterance, part })
             .await
             .map_err(|_| PlayoutClosed)
     }
 
-    /// Marks the end of a generation's audio.
-    pub async fn end(&self, generation: u64) -> Result<(), PlayoutClosed> {
+    /// Marks the end of an utterance's audio.
+    pub async fn end(&self, utterance: u64) -> Result<(), PlayoutClosed> {
         self.tx
-            .send(Item::End { generation })
+            .send(Item::End { utterance })
             .await
             .map_err(|_| PlayoutClosed)
     }
@@ -187,10 +188,10 @@ pub struct PlayoutControl {
 }
 
 impl PlayoutControl {
-    /// Starts a new generation (a new reply); frames of older ones are dropped.
+    /// Starts a new utterance (a new reply); frames of older ones are dropped.
     pub fn begin(&self) -> u64 {
         self.shared.paused.store(false, Ordering::SeqCst);
-        let g = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let g = self.shared.utterance.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.wake.notify_one();
         g
     }
@@ -198,7 +199,7 @@ impl PlayoutControl {
     /// Drops all queued audio now.
     pub fn clear(&self) {
         self.shared.paused.store(false, Ordering::SeqCst);
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.utterance.fetch_add(1, Ordering::SeqCst);
         self.shared.wake.notify_one();
     }
 
@@ -212,14 +213,14 @@ impl PlayoutControl {
         self.shared.wake.notify_one();
     }
 
-    /// The text played so far of `generation`, by part (empty if none of it
+    /// The text played so far of `utterance`, by part (empty if none of it
     /// played).
-    pub fn played_parts(&self, generation: u64) -> Vec<(u32, String)> {
+    pub fn played_parts(&self, utterance: u64) -> Vec<(u32, String)> {
         self.shared
             .played
             .lock()
             .ok()
-            .filter(|p| p.0 == generation)
+            .filter(|p| p.0 == utterance)
             .map(|p| p.1.clone())
             .unwrap_or_default()
     }
@@ -241,7 +242,7 @@ impl PlayoutControl {
 }
 
 struct Active {
-    generation: u64,
+    utterance: u64,
     samples: usize,
     text: String,
     /// Played text by part, in play order; the last entry is the part playing.
@@ -252,7 +253,7 @@ struct Active {
 pub struct PlayoutReader {
     rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
-    /// The generation being played and what of it went out.
+    /// The utterance being played and what of it went out.
     active: Option<Active>,
 }
 
@@ -265,7 +266,7 @@ impl PlayoutReader {
         self.shared.paused.load(Ordering::SeqCst)
     }
 
-    /// Whether a generation is being played (a reply is in progress).
+    /// Whether an utterance is being played (a reply is in progress).
     pub fn is_active(&self) -> bool {
         self.active.is_some()
     }
@@ -315,12 +316,8 @@ impl PlayoutReader {
     }
 
     fn check_cleared(&mut self) -> Option<Playout> {
-        let current = self.shared.generation.load(Ordering::SeqCst);
-        if self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.generation != current)
-        {
+        let current = self.shared.utterance.load(Ordering::SeqCst);
+        if self.active.as_ref().is_some_and(|a| a.utterance != current) {
             self.finish(true);
             return Some(Playout::Cleared);
         }
@@ -328,21 +325,21 @@ impl PlayoutReader {
     }
 
     fn accept(&mut self, item: Item) -> Option<Playout> {
-        let current = self.shared.generation.load(Ordering::SeqCst);
+        let current = self.shared.utterance.load(Ordering::SeqCst);
         match item {
             Item::Audio {
-                generation,
+                utterance,
                 part,
                 frame,
                 text,
-            } if generation == current => {
+            } if utterance == current => {
                 let active = self.active.get_or_insert_with(|| {
                     if let Ok(mut p) = self.shared.played.lock() {
-                        *p = (generation, Vec::new());
+                        *p = (utterance, Vec::new());
                     }
-                    self.shared.emit(PlaybackEvent::Started { generation });
+                    self.shared.emit(PlaybackEvent::Started { utterance });
                     Active {
-                        generation,
+                        utterance,
                         samples: 0,
                         text: String::new(),
                         parts: Vec::new(),
@@ -371,16 +368,16 @@ impl PlayoutReader {
                 }
                 Some(Playout::Frame(frame))
             }
-            Item::PartEnd { generation, part } if generation == current => {
+            Item::PartEnd { utterance, part } if utterance == current => {
                 self.shared
-                    .emit(PlaybackEvent::PartPlayed { generation, part });
+                    .emit(PlaybackEvent::PartPlayed { utterance, part });
                 None
             }
-            Item::End { generation } if generation == current => {
+            Item::End { utterance } if utterance == current => {
                 if self.active.is_none() {
                     // A reply with no audio at all still ends.
                     self.active = Some(Active {
-                        generation,
+                        utterance,
                         samples: 0,
                         text: String::new(),
                         parts: Vec::new(),
@@ -389,14 +386,14 @@ impl PlayoutReader {
                 self.finish(false);
                 None
             }
-            _ => None, // stale: from a cleared generation
+            _ => None, // stale: from a cleared utterance
         }
     }
 
     fn finish(&mut self, interrupted: bool) {
         if let Some(a) = self.active.take() {
             self.shared.emit(PlaybackEvent::Finished {
-                generation: a.generation,
+                utterance: a.utterance,
                 played: duration_of(a.samples, self.shared.sample_rate),
                 text: a.text,
                 parts: a.parts,
@@ -433,14 +430,11 @@ mod tests {
         }
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
-        assert_eq!(
-            c.try_event(),
-            Some(PlaybackEvent::Started { generation: g })
-        );
+        assert_eq!(c.try_event(), Some(PlaybackEvent::Started { utterance: g }));
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::PartPlayed {
-                generation: g,
+                utterance: g,
                 part: 0
             }),
             "part 0 ended before part 1's frame was taken"
@@ -454,14 +448,14 @@ mod tests {
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::Finished {
-                generation: g,
+                utterance: g,
                 played: Duration::from_millis(200),
                 text: "one two ".into(),
                 parts: vec![(0, "one ".into()), (1, "two ".into())],
                 interrupted: true
             })
         );
-        // The rest of the old generation is never played.
+        // The rest of the old utterance is never played.
         let g2 = c.begin();
         w.push(g2, 0, frame(10), "new".into()).await.expect("push");
         match r.recv().await {

@@ -92,7 +92,7 @@ pub(crate) struct ReplyJob {
     pub tool_options: ToolOptions,
     /// What tools get: the session (scoped to this reply), user data, job.
     pub context: SessionContext,
-    /// Where audio goes, with the generation to tag it; `None` in text mode.
+    /// Where audio goes, with the utterance to tag it; `None` in text mode.
     pub output: Option<(PlayoutWriter, u64)>,
     /// Spoken when the LLM fails before saying anything.
     pub error_message: String,
@@ -132,9 +132,9 @@ pub(crate) async fn run(job: ReplyJob) {
     // The TTS stream is opened while the LLM thinks, so its connection setup
     // is off the critical path.
     let (tts_tx, audio) = match (&job.tts, &job.output) {
-        (Some(tts), Some((writer, generation))) => {
+        (Some(tts), Some((writer, utterance))) => {
             let (tx, rx) = mpsc::channel::<Speech>(16);
-            let audio = pump_audio(tts.clone(), rx, writer.clone(), *generation, &job);
+            let audio = pump_audio(tts.clone(), rx, writer.clone(), *utterance, &job);
             (Some(tx), Some(audio))
         }
         _ => (None, None),
@@ -148,8 +148,8 @@ pub(crate) async fn run(job: ReplyJob) {
         }
         None => {
             text.await;
-            if let Some((writer, generation)) = &job.output {
-                let _ = writer.end(*generation).await;
+            if let Some((writer, utterance)) = &job.output {
+                let _ = writer.end(*utterance).await;
             }
         }
     }
@@ -607,12 +607,12 @@ impl Attribution {
 }
 
 /// The TTS side: opens the stream, feeds it sentences, pushes its audio into
-/// the playout queue at the output rate, then marks the generation's end.
+/// the playout queue at the output rate, then marks the utterance's end.
 async fn pump_audio(
     tts: Arc<dyn Tts>,
     mut sentences: mpsc::Receiver<Speech>,
     writer: PlayoutWriter,
-    generation: u64,
+    utterance: u64,
     job: &ReplyJob,
 ) {
     let id = job.id;
@@ -673,7 +673,7 @@ async fn pump_audio(
                         match part {
                             Some(part) => {
                                 let over = attribution.lock().is_ok_and(|mut a| a.part_ended(part));
-                                if over && writer.end_part(generation, part).await.is_err() {
+                                if over && writer.end_part(utterance, part).await.is_err() {
                                     return;
                                 }
                             }
@@ -711,11 +711,11 @@ async fn pump_audio(
                             } else {
                                 String::new()
                             };
-                            if writer.push(generation, part, piece, text).await.is_err() {
+                            if writer.push(utterance, part, piece, text).await.is_err() {
                                 return;
                             }
                         }
-                        if part_over && writer.end_part(generation, part).await.is_err() {
+                        if part_over && writer.end_part(utterance, part).await.is_err() {
                             return;
                         }
                     }
@@ -732,11 +732,11 @@ async fn pump_audio(
         // played, so every part is over as soon as it ends.
         while let Some(speech) = sentences.recv().await {
             if let Speech::PartEnd(part) = speech {
-                let _ = writer.end_part(generation, part).await;
+                let _ = writer.end_part(utterance, part).await;
             }
         }
     }
-    let _ = writer.end(generation).await;
+    let _ = writer.end(utterance).await;
 }
 
 #[cfg(test)]

@@ -633,7 +633,7 @@ mod tests {
 
         // The agent's reply, queued at once (the queue is deep enough).
         let speech = babble_at_rate(5.0, 3, 0.3, 4.0, RATE);
-        let generation = control.begin();
+        let utterance = control.begin();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -641,7 +641,7 @@ mod tests {
             for chunk in speech.chunks(block * 2) {
                 let pcm: Vec<i16> = chunk.iter().map(|&s| to_i16(s)).collect();
                 writer
-                    .push(generation, 0, AudioFrame::new(pcm, RATE, 1), String::new())
+                    .push(utterance, 0, AudioFrame::new(pcm, RATE, 1), String::new())
                     .await
                     .expect("push");
             }
