@@ -1,18 +1,36 @@
-//! The crate's one error type. Variants are what a caller must tell apart; the
-//! text never contains the access token or any other secret.
+//! The crate's one error type, [`RtcError`], and the causes it chains.
+//!
+//! Variants are what a caller must tell apart: a refused token (`Refused`, with the
+//! HTTP status), a dead room (`Closed`), a server that sent us away
+//! (`Disconnected`), a wait that ran out (`Timeout`), bad arguments. Errors of the
+//! libraries underneath (WebSocket, webrtc-rs, libopus, protobuf) are kept as typed
+//! sources (`std::error::Error::source`), not flattened into strings. Each variant's
+//! text also includes its cause's, because callers log errors with `Display` alone.
+//!
+//! The text never contains the access token or any other secret: the token travels
+//! only in a request header, which none of these errors carry, and a token that
+//! cannot go in a header is reported as [`RtcError::InvalidToken`] without it.
 
 use std::time::Duration;
+
+use crate::frame::OPUS_RATES;
+
+/// The WebSocket library's error (tungstenite, under `tokio-tungstenite`).
+pub type WsError = tokio_tungstenite::tungstenite::Error;
 
 /// Everything that can go wrong in a room participant.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RtcError {
-    /// The server URL could not be used (bad scheme, no host).
+    /// The server URL could not be used.
     #[error("invalid LiveKit URL: {0}")]
-    InvalidUrl(String),
-    /// The WebSocket handshake with the signal server failed.
+    InvalidUrl(#[from] UrlError),
+    /// The access token has characters an HTTP header cannot carry.
+    #[error("the access token has characters not allowed in an HTTP header")]
+    InvalidToken,
+    /// The WebSocket handshake with the signal server failed (DNS, TCP, TLS, HTTP).
     #[error("signal connection failed: {0}")]
-    SignalConnect(String),
+    SignalConnect(#[source] WsError),
     /// The server refused the join (HTTP status from the WebSocket upgrade, e.g. 401 for a bad token).
     #[error("signal server refused the connection: HTTP {status}: {body}")]
     Refused {
@@ -23,10 +41,13 @@ pub enum RtcError {
     },
     /// The signal connection closed or broke.
     #[error("signal connection closed: {0}")]
-    SignalClosed(String),
-    /// A message from the server could not be decoded or broke the protocol.
+    SignalClosed(#[from] SignalLoss),
+    /// A message from the server could not be decoded.
+    #[error("protocol error: undecodable message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A message from the server broke the protocol.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(&'static str),
     /// Something did not happen in time.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {
@@ -37,35 +58,97 @@ pub enum RtcError {
     },
     /// The WebRTC stack (webrtc-rs) reported an error.
     #[error("webrtc: {0}")]
-    WebRtc(String),
-    /// The Opus codec reported an error.
+    WebRtc(#[from] webrtc::error::Error),
+    /// The Opus codec (libopus) reported an error.
     #[error("opus: {0}")]
-    Opus(String),
-    /// An argument was out of range (sample rate, channel count, sizes).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    Opus(#[from] opus::Error),
+    /// A sample rate Opus does not code natively.
+    #[error("sample rate {0} Hz: use one of {OPUS_RATES:?} (Opus native rates)")]
+    UnsupportedSampleRate(u32),
+    /// A frame at another rate than its track takes.
+    #[error("frame at {frame} Hz on a track taking {track} Hz")]
+    SampleRateMismatch {
+        /// The frame's rate.
+        frame: u32,
+        /// The track's rate.
+        track: u32,
+    },
+    /// Too much data is waiting for a data channel to open.
+    #[error("too much data queued while the data channel is not open")]
+    DataQueueFull,
     /// The room has been closed (left, or disconnected for good); the handle is dead.
     #[error("room closed")]
     Closed,
-    /// The server told us to leave.
-    #[error("disconnected by the server: {0:?}")]
+    /// The room is gone: the server told us to leave, or reconnecting failed.
+    #[error("disconnected: {0:?}")]
     Disconnected(crate::DisconnectReason),
 }
 
-impl From<webrtc::error::Error> for RtcError {
-    fn from(e: webrtc::error::Error) -> Self {
-        RtcError::WebRtc(e.to_string())
-    }
+/// Why a server URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// No `scheme://`.
+    #[error("missing scheme (ws, wss, http or https)")]
+    MissingScheme,
+    /// A scheme other than `ws`, `wss`, `http`, `https`.
+    #[error("unsupported scheme {0:?}")]
+    UnsupportedScheme(String),
+    /// Nothing between `://` and the path.
+    #[error("missing host")]
+    MissingHost,
+    /// The WebSocket library cannot make a request of it.
+    #[error("{0}")]
+    Request(#[source] WsError),
 }
 
-impl From<opus::Error> for RtcError {
-    fn from(e: opus::Error) -> Self {
-        RtcError::Opus(e.to_string())
-    }
+/// How the signal connection ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalLoss {
+    /// The stream ended without a close frame.
+    #[error("end of stream")]
+    EndOfStream,
+    /// The server closed the WebSocket; its reason.
+    #[error("closed by the server: {0:?}")]
+    CloseFrame(String),
+    /// The socket failed (I/O, TLS, WebSocket protocol).
+    #[error("{0}")]
+    Socket(#[source] WsError),
+    /// No message at all from the server for the ping timeout it set.
+    #[error("no message from the server for {0:?}")]
+    Silent(Duration),
 }
 
-impl From<prost::DecodeError> for RtcError {
-    fn from(e: prost::DecodeError) -> Self {
-        RtcError::Protocol(format!("protobuf decode: {e}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn causes_are_chained_and_shown() {
+        let e = RtcError::from(SignalLoss::Silent(Duration::from_secs(15)));
+        assert_eq!(
+            e.to_string(),
+            "signal connection closed: no message from the server for 15s"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<SignalLoss>()));
+        let e = RtcError::from(UrlError::UnsupportedScheme("ftp".into()));
+        assert_eq!(
+            e.to_string(),
+            "invalid LiveKit URL: unsupported scheme \"ftp\""
+        );
+        let e = RtcError::SignalConnect(WsError::ConnectionClosed);
+        assert!(e.source().is_some_and(|s| s.is::<WsError>()));
+    }
+
+    #[test]
+    fn errors_stay_small() {
+        // Results of RtcError are returned on hot paths (every captured frame).
+        assert!(
+            std::mem::size_of::<RtcError>() <= 64,
+            "{}",
+            std::mem::size_of::<RtcError>()
+        );
     }
 }

@@ -96,22 +96,16 @@
 //! ## Opus
 //!
 //! libopus (the reference implementation; Debian's `libopus-dev`, linked dynamically
-//! through pkg-config by `audiopus_sys`; nothing is downloaded) rather than the
-//! pure-Rust `opus-rs`: it is what every LiveKit client uses, so interoperability is
-//! not in question, and it is the fastest implementation available. Measured on the
-//! project's 2-core machine with `cargo run --release -p rtc@0.1.0 --example
-//! opus_cost` (espeak-ng speech, 20 ms mono frames at 48 kHz, best of 5 passes; the
-//! table is in `opus_enc.rs`): in VoIP mode (SILK or hybrid, what libwebrtc uses for
-//! speech) encoding costs 79 µs at complexity 0, 130 µs at 3 and 303 µs at libopus's
-//! default 10, decoding 36–39 µs; CELT only ([`OpusApplication::LowDelay`]) costs
-//! 23 µs at 0, 39 µs at 3 and 84 µs at 10, decoding 21–26 µs, at about the same
-//! bitrate (51 kbit/s) and with a waveform closer to the input. Published tracks
-//! are CELT only at complexity 3 ([`ConnectOptions::opus_application`],
-//! [`ConnectOptions::opus_complexity`]): the encoder is a stream's largest single
-//! cost, and this cuts it to a third, with 4 ms less codec delay; the price is
-//! SILK's in-band FEC (a lost packet is recovered by NACK instead), so `Voip` stays
-//! available for lossy links. Both are set through a small wrapper over libopus's C
-//! API because the `opus` crate exposes neither.
+//! through pkg-config by `audiopus_sys` under the `opus` crate; nothing is downloaded)
+//! rather than the pure-Rust `opus-rs`: it is what every LiveKit client uses, so
+//! interoperability is not in question, and it is the fastest implementation
+//! available. Published tracks are CELT only at complexity 3
+//! ([`ConnectOptions::opus_application`], [`ConnectOptions::opus_complexity`]): the
+//! encoder is a stream's largest single cost, and this cuts it to a third of VoIP
+//! mode's, with 4 ms less codec delay; the price is SILK's in-band FEC (a lost packet
+//! is recovered by NACK instead), so `Voip` stays available for lossy links. Why, in
+//! figures: `local_track.rs` ("The encoder") and `examples/opus_cost.rs`, which
+//! measures every application and complexity.
 //!
 //! ## Pacing
 //!
@@ -131,92 +125,74 @@
 //! 400 ms (subscribers built like webrtc-rs learn of a track from its packets) and
 //! sleeps in between; the next talkspurt leaves at once with the RTP marker bit set.
 //! An agent that listens then costs about 5 % of a talking one to send, and the SFU
-//! and the listener nothing to forward and decode. A subscribed stream whose sender
-//! is quiet goes on in silent frames, filled in real time, so a VAD downstream hears
-//! the pause as it happens.
+//! and the listener nothing to forward and decode. A subscribed stream whose
+//! sender is quiet goes on in silent frames, filled in real time (`timeline.rs`), so a
+//! VAD downstream hears the pause as it happens.
 //!
-//! ## Cost per stream (benchmark)
+//! A published track's RTP sink is held until the server has answered the offer
+//! that carries it: RTP that reaches the SFU before it has applied the offer carries
+//! an SSRC it cannot place (no MID header extension on audio), and it drops that
+//! stream for good.
 //!
-//! `cargo bench -j2 -p e2e-tests --bench rtc_streams`: N participants in one process,
-//! each publishing one track (PCM → Opus → SRTP, paced) and decoding one (SRTP →
-//! Opus → PCM at 48 kHz), against the real server on loopback; the far ends run in a
-//! child process (complexity 0, to load the machine less) and are not counted. CPU is
-//! our process's own (`/proc/self/stat`) over 10 s; jitter is the p99 of
-//! |interval − 20 ms| between consecutive frames, at our sender and as decoded by the
-//! far ends. On the shared 2-core machine, in two conditions: quiet (other work
-//! took < 10 % of the machine) and loaded by other engineers' builds (load average
-//! in brackets):
+//! ## Events under pressure
 //!
-//! | streams | CPU per stream (% of one core) | memory per stream | sent | jitter p99 at sender / receivers |
-//! |---|---|---|---|---|
-//! | 1, quiet | 1.70 %, 1.90 % (the wake-ups of an idle process: see below) | 7.3 MB (one-time setup) | 50.0 frames/s | 1.0 ms / 1.0 ms |
-//! | 10, quiet | 1.11 %, 1.16 %, 1.17 % | 1.1–1.8 MB | 50.0 frames/s | 1.3 ms / 1.3–1.5 ms |
-//! | 50, quiet (the bench alone keeps the machine 116 % busy) | 0.87 % | 1.1 MB | 50.0 frames/s, none skipped | 1.5 ms / 2.0 ms |
+//! The engine does not wait for the event reader, so a slow consumer cannot stall
+//! the signal connection or its pings. When the event channel is full, data packets,
+//! text streams and attribute changes are dropped and counted
+//! ([`Room::dropped_events`], and a warning at most every 10 s); every other event
+//! waits inside the engine, in order, until the reader makes room. Only a reader
+//! stuck for good (1024 such events waiting) makes the engine wait for it.
 //!
-//! With CELT-only encoding; the same runs in VoIP mode at complexity 3 gave 1.64–1.73 %
-//! at 10 streams and 1.37 % at 50 (1.44–1.50 % at 10 with complexity 1, 1.41 % with
-//! 0). Per packet, what remains is webrtc-rs's SRTP, RTCP, UDP and the tasks'
-//! wake-ups, and the decoder. A lone stream costs more per stream because every
-//! packet wakes an idle runtime thread (epoll, futex); with more streams, one wake
-//! serves several packets. All rooms received in every run.
+//! ## Cost per stream
 //!
-//! Memory meets the 2 MB target, and CPU the 1.5 % target at 10 and 50 streams. The
-//! send cadence meets the 5 ms target at 50 streams whenever the process gets the CPU
-//! it needs. On a machine loaded by other builds (earlier runs, VoIP mode), 50
-//! streams skipped 20 % of their slots: the bench alone then needed ~1.6 of the 2
-//! cores and the process was starved for tens of milliseconds at a time, so its
-//! pacers fell more than 60 ms behind; at `nice -10` none were skipped (jitter
-//! 2.8 ms / 3.8 ms).
-//!
-//! Until the fix below, the bench intermittently showed rooms (0–3 of 10, 0–22 of
-//! 50, once the single room of a 1-stream run) where one side never received the
-//! other's track. Cause: once connecting on loopback got fast (no STUN gathering),
-//! a new track's first RTP reached the SFU before the offer announcing it; with no
-//! MID header extension on audio the SFU could not place the SSRC and dropped that
-//! stream for good. A published track's sink is now held until the server has
-//! answered the offer that carries it. After the fix: 0 of 10 and 0 of 50 rooms
-//! receiving nothing, in every run since. Memory per stream at 10 varies between
-//! runs (1.1 or 1.8 MB), with the allocator's per-thread arenas.
+//! What a stream costs in CPU and memory and how steady its 20 ms cadence is, on the
+//! project's 2-core machine against the real server, with the history of those
+//! figures: `tests/benches/rtc_streams.rs`.
 //!
 //! ## Logging
 //!
 //! Through `tracing`. Note that webrtc-rs's core crate is also called `rtc`: filter
-//! on `rtc::engine`, `rtc::audio` for this crate only.
+//! on `rtc::engine`, `rtc::local_track`, `rtc::remote_track` for this crate only
+//! (`rtc::engine=debug` logs each join's steps and their times).
 //!
 //! ## Layout
 //!
 //! | file | owns |
 //! |---|---|
 //! | `room.rs` | the public API: [`connect`], [`Room`], [`RoomEvent`], [`ConnectOptions`] |
-//! | `engine.rs` | the engine task: signal loop, peer connections, negotiation, participants, reconnect |
-//! | `signal.rs` | signal URL building and the WebSocket framing |
-//! | `audio.rs` | PCM frames, Opus, the real-time pacer, the decoder task |
+//! | `engine/` | the engine task: its loop (`mod.rs`), `join`, `negotiation` (pure), `sdp`, `participants` (pure), `publish`, `data`, `reconnect`, `events` |
+//! | `signal.rs` | signal URL building, the signal transport trait and its WebSocket |
+//! | `local_track.rs` | publishing: [`LocalAudioTrack`], the Opus encoder, the pacer task |
+//! | `remote_track.rs` | subscribing: [`RemoteAudioTrack`], [`AudioStream`], the decoder task |
+//! | `timeline.rs` | a received stream's RTP sequence and time: loss, duplicates, DTX gaps (pure) |
+//! | `pacer.rs` | the pacer's 20 ms grid and cadence histograms (pure) |
+//! | `frame.rs` | [`AudioFrame`], Opus's rates, the RTP clock |
 //! | `data.rs` | data packets, text-stream chunking and reassembly (pure) |
 //! | `backoff.rs` | the reconnect schedule (pure) |
 //! | `msid.rs` | mapping a media stream to participant and track (pure) |
-//! | `opus_enc.rs` | the Opus encoder (libopus C API, for complexity and CELT-only mode) |
-//! | `pacer.rs` | the pacer's 20 ms grid and cadence histograms (pure) |
-//! | `error.rs` | [`RtcError`] |
+//! | `error.rs` | [`RtcError`] and the causes it chains |
 
-mod audio;
+#![forbid(unsafe_code)]
+
 mod backoff;
 pub mod data;
 mod engine;
 mod error;
+mod frame;
+mod local_track;
 mod msid;
-mod opus_enc;
 mod pacer;
+mod remote_track;
 mod room;
 pub mod signal;
+mod timeline;
 
-pub use audio::{
-    AudioFrame, AudioStream, FRAME_DURATION, LocalAudioTrack, OPUS_RATES, PacerStats,
-    RemoteAudioTrack,
-};
 pub use backoff::{ReconnectKind, ReconnectPolicy};
 pub use data::TextStream;
-pub use error::RtcError;
+pub use error::{RtcError, SignalLoss, UrlError, WsError};
+pub use frame::{AudioFrame, FRAME_DURATION, OPUS_RATES};
+pub use local_track::{LocalAudioTrack, OpusApplication, PacerStats};
 pub use msid::parse_msid;
-pub use opus_enc::OpusApplication;
 pub use pacer::{CADENCE_BUCKET, CadenceHistogram};
+pub use remote_track::{AudioStream, RemoteAudioTrack};
 pub use room::{ConnectOptions, DataKind, DisconnectReason, Participant, Room, RoomEvent, connect};

@@ -1,20 +1,22 @@
 //! The public face: [`connect`], the [`Room`] handle, [`RoomEvent`]s and options.
 //!
-//! `Room` is a cheap `Clone` handle on the engine task (see `engine.rs`); requests
+//! `Room` is a cheap `Clone` handle on the engine task (see `engine/`); requests
 //! travel on a bounded channel and answers come back on oneshots. The engine task
 //! ends — leaving the room, closing both peer connections and stopping every task it
 //! spawned — when [`Room::close`] is called or the last handle is dropped.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::RtcError;
-use crate::audio::{LocalAudioTrack, RemoteAudioTrack};
 use crate::backoff::ReconnectPolicy;
 use crate::data::TextStream;
-use crate::opus_enc::OpusApplication;
+use crate::local_track::{LocalAudioTrack, OpusApplication};
+use crate::remote_track::RemoteAudioTrack;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -29,9 +31,10 @@ pub struct ConnectOptions {
     pub udp_addrs: Vec<String>,
     /// The reconnect schedule after signal or transport loss.
     pub reconnect: ReconnectPolicy,
-    /// Capacity of the event channel. The engine waits when it is full, so keep
-    /// reading; it must also exceed the number of participants already in the room,
-    /// who are announced before [`connect`] returns.
+    /// Capacity of the event channel. The engine never waits for a slow reader: when
+    /// the channel is full, data packets, text streams and attribute changes are
+    /// dropped and counted ([`Room::dropped_events`]); every other event waits in the
+    /// engine, in order, until the reader makes room.
     pub event_capacity: usize,
     /// Opus encoder complexity of published tracks, 0–10 (libopus default 10; ours 3,
     /// see the crate docs' "Opus" section). The encoder is the largest cost of a
@@ -55,7 +58,7 @@ impl Default for ConnectOptions {
             udp_addrs: Vec::new(),
             reconnect: ReconnectPolicy::default(),
             event_capacity: 256,
-            opus_complexity: crate::opus_enc::DEFAULT_COMPLEXITY,
+            opus_complexity: crate::local_track::DEFAULT_COMPLEXITY,
             opus_application: OpusApplication::default(),
             dtx: true,
         }
@@ -112,7 +115,9 @@ pub enum DisconnectReason {
     ReconnectFailed,
 }
 
-/// What happens in the room.
+/// What happens in the room. Events arrive in the order they happened; when the
+/// reader falls behind, the engine drops the ones marked so rather than wait (see
+/// [`ConnectOptions::event_capacity`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RoomEvent {
@@ -121,6 +126,7 @@ pub enum RoomEvent {
     /// Someone left.
     ParticipantLeft(Participant),
     /// A participant's attributes changed; `attributes` is the whole new set.
+    /// Dropped (and counted) if the reader falls behind.
     ParticipantAttributesChanged {
         /// Participant identity.
         identity: String,
@@ -136,7 +142,7 @@ pub enum RoomEvent {
         /// Track sid.
         track_sid: String,
     },
-    /// A user data packet.
+    /// A user data packet. Dropped (and counted) if the reader falls behind.
     DataReceived {
         /// Sender identity.
         participant_identity: String,
@@ -147,7 +153,8 @@ pub enum RoomEvent {
         /// Which channel it came on.
         kind: DataKind,
     },
-    /// A complete text stream (e.g. topic `lk.transcription`).
+    /// A complete text stream (e.g. topic `lk.transcription`). Dropped (and counted)
+    /// if the reader falls behind.
     TextStreamReceived(TextStream),
     /// Signal or transport lost; reconnecting.
     Reconnecting,
@@ -199,9 +206,12 @@ pub(crate) enum Command {
 /// called or the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Room {
+    /// To the engine task, which ends when every clone of this is dropped.
     pub(crate) cmd: mpsc::Sender<Command>,
     pub(crate) local: Participant,
     pub(crate) room_name: String,
+    /// Events the engine dropped because the reader was behind.
+    pub(crate) dropped_events: Arc<AtomicU64>,
 }
 
 /// Requests waiting in the engine's queue at most.
@@ -216,6 +226,12 @@ impl Room {
     /// The room's name.
     pub fn name(&self) -> &str {
         &self.room_name
+    }
+
+    /// Events dropped so far because the event reader fell behind (data packets,
+    /// text streams and attribute changes only; see [`ConnectOptions::event_capacity`]).
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
     }
 
     async fn request<T>(

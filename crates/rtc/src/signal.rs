@@ -1,5 +1,9 @@
-//! The signal connection: URL building (pure, tested) and a WebSocket carrying
-//! binary protobuf `SignalRequest`s out and `SignalResponse`s in.
+//! The signal connection: URL building (public, pure, tested), and, inside the
+//! crate, the transport the engine talks to the server through: `SignalTransport`
+//! (send a `SignalRequest`, receive a `SignalResponse`) opened by a `Connector`. In
+//! a room that is a WebSocket carrying binary protobuf (`WsConnector`); the engine's
+//! tests plug in channels instead (`testing`), so negotiation and reconnects are
+//! driven message by message without a server.
 //!
 //! The access token travels only in the `Authorization: Bearer` header, never in
 //! the URL, so it cannot leak through URL logging; errors never include it.
@@ -14,6 +18,12 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::RtcError;
+use crate::error::{SignalLoss, UrlError};
+
+/// A request to the server.
+pub(crate) type Req = proto::signal_request::Message;
+/// A response from the server.
+pub(crate) type Resp = proto::signal_response::Message;
 
 /// The LiveKit signal protocol version we speak.
 pub const PROTOCOL_VERSION: u32 = 16;
@@ -31,17 +41,11 @@ pub struct UrlParams<'a> {
 
 /// Build `ws(s)://host[/prefix]/rtc?...` from a server URL (`ws`, `wss`, `http`, `https`).
 pub fn signal_url(base: &str, params: &UrlParams<'_>) -> Result<String, RtcError> {
-    let (scheme, rest) = base
-        .split_once("://")
-        .ok_or_else(|| RtcError::InvalidUrl("missing scheme".into()))?;
+    let (scheme, rest) = base.split_once("://").ok_or(UrlError::MissingScheme)?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
-        other => {
-            return Err(RtcError::InvalidUrl(format!(
-                "unsupported scheme {other:?}"
-            )));
-        }
+        other => return Err(UrlError::UnsupportedScheme(other.to_owned()).into()),
     };
     // Drop any query or fragment the caller passed; keep a path prefix.
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
@@ -50,7 +54,7 @@ pub fn signal_url(base: &str, params: &UrlParams<'_>) -> Result<String, RtcError
         None => (rest, ""),
     };
     if host.is_empty() {
-        return Err(RtcError::InvalidUrl("missing host".into()));
+        return Err(UrlError::MissingHost.into());
     }
     let mut url = format!("{scheme}://{host}");
     if !path.is_empty() {
@@ -116,9 +120,37 @@ pub fn default_udp_addrs(server_url: &str) -> Vec<String> {
     }
 }
 
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-pub(crate) type WsSink = futures::stream::SplitSink<Ws, Message>;
-pub(crate) type WsStream = futures::stream::SplitStream<Ws>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One signal connection: requests out, responses in. The engine owns it in its
+/// session and drops it (closing the connection) with the session.
+#[async_trait::async_trait]
+pub(crate) trait SignalTransport: Send {
+    /// Send one request.
+    async fn send(&mut self, msg: Req) -> Result<(), RtcError>;
+    /// The next response; `Err` when the connection is gone or sent garbage.
+    /// Cancel-safe: the engine polls it in a `select!`.
+    async fn recv(&mut self) -> Result<Resp, RtcError>;
+    /// Close the connection politely (a WebSocket close frame).
+    async fn close(&mut self);
+}
+
+/// Opens signal connections (the first join, resumes, rejoins).
+#[async_trait::async_trait]
+pub(crate) trait Connector: Send + Sync {
+    /// Connect to the signal `url` with the access `token`.
+    async fn connect(&self, url: &str, token: &str) -> Result<Box<dyn SignalTransport>, RtcError>;
+}
+
+/// The real thing: a WebSocket (TLS for `wss`) to the LiveKit server.
+pub(crate) struct WsConnector;
+
+#[async_trait::async_trait]
+impl Connector for WsConnector {
+    async fn connect(&self, url: &str, token: &str) -> Result<Box<dyn SignalTransport>, RtcError> {
+        Ok(Box::new(WsTransport(connect(url, token).await?)))
+    }
+}
 
 /// tungstenite zero-fills its whole read buffer (128 KiB by default) before every
 /// read, including each poll that finds nothing to read: with a socket per session
@@ -129,13 +161,10 @@ fn ws_config() -> tungstenite::protocol::WebSocketConfig {
 }
 
 /// Open the signal WebSocket.
-pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream), RtcError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| RtcError::InvalidUrl(e.to_string()))?;
-    let auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        RtcError::InvalidArgument("token has characters not allowed in a header".into())
-    })?;
+async fn connect(url: &str, token: &str) -> Result<Ws, RtcError> {
+    let mut request = url.into_client_request().map_err(UrlError::Request)?;
+    let auth =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| RtcError::InvalidToken)?;
     request.headers_mut().insert("Authorization", auth);
     let (ws, _resp) =
         tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
@@ -150,47 +179,144 @@ pub(crate) async fn connect(url: &str, token: &str) -> Result<(WsSink, WsStream)
                         .unwrap_or_default();
                     RtcError::Refused { status, body }
                 }
-                other => RtcError::SignalConnect(other.to_string()),
+                other => RtcError::SignalConnect(other),
             })?;
-    Ok(ws.split())
+    Ok(ws)
 }
 
-/// Send one request.
-pub(crate) async fn send(
-    sink: &mut WsSink,
-    msg: proto::signal_request::Message,
-) -> Result<(), RtcError> {
-    let req = proto::SignalRequest { message: Some(msg) };
-    sink.send(Message::Binary(req.encode_to_vec().into()))
-        .await
-        .map_err(|e| RtcError::SignalClosed(e.to_string()))
-}
+/// Binary protobuf over a WebSocket.
+struct WsTransport(Ws);
 
-/// The next response; `Err` when the connection is gone or sent garbage.
-pub(crate) async fn recv(
-    stream: &mut WsStream,
-) -> Result<proto::signal_response::Message, RtcError> {
-    loop {
-        let msg = match stream.next().await {
-            None => return Err(RtcError::SignalClosed("end of stream".into())),
-            Some(Err(e)) => return Err(RtcError::SignalClosed(e.to_string())),
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Binary(b) => {
-                let resp = proto::SignalResponse::decode(b.as_ref())?;
-                if let Some(m) = resp.message {
-                    return Ok(m);
+#[async_trait::async_trait]
+impl SignalTransport for WsTransport {
+    async fn send(&mut self, msg: Req) -> Result<(), RtcError> {
+        let req = proto::SignalRequest { message: Some(msg) };
+        self.0
+            .send(Message::Binary(req.encode_to_vec().into()))
+            .await
+            .map_err(|e| SignalLoss::Socket(e).into())
+    }
+
+    async fn recv(&mut self) -> Result<Resp, RtcError> {
+        loop {
+            let msg = match self.0.next().await {
+                None => return Err(SignalLoss::EndOfStream.into()),
+                Some(Err(e)) => return Err(SignalLoss::Socket(e).into()),
+                Some(Ok(m)) => m,
+            };
+            match msg {
+                Message::Binary(b) => {
+                    let resp = proto::SignalResponse::decode(b.as_ref())?;
+                    if let Some(m) = resp.message {
+                        return Ok(m);
+                    }
                 }
+                Message::Close(frame) => {
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(SignalLoss::CloseFrame(reason).into());
+                }
+                _ => {}
             }
-            Message::Close(frame) => {
-                return Err(RtcError::SignalClosed(
-                    frame
-                        .map(|f| f.reason.to_string())
-                        .unwrap_or_else(|| "closed".into()),
-                ));
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = SinkExt::close(&mut self.0).await;
+    }
+}
+
+/// Channel-backed transports for the engine's tests: the test plays the server.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// Messages a test server end holds at most in each direction.
+    const CAPACITY: usize = 256;
+
+    /// The client end, handed to the engine.
+    struct ChannelTransport {
+        tx: mpsc::Sender<Req>,
+        rx: mpsc::Receiver<Resp>,
+    }
+
+    #[async_trait::async_trait]
+    impl SignalTransport for ChannelTransport {
+        async fn send(&mut self, msg: Req) -> Result<(), RtcError> {
+            self.tx
+                .send(msg)
+                .await
+                .map_err(|_| SignalLoss::EndOfStream.into())
+        }
+
+        async fn recv(&mut self) -> Result<Resp, RtcError> {
+            self.rx
+                .recv()
+                .await
+                .ok_or(RtcError::SignalClosed(SignalLoss::EndOfStream))
+        }
+
+        async fn close(&mut self) {
+            self.rx.close();
+        }
+    }
+
+    /// The server end of one connection. Dropping it is a lost signal.
+    pub(crate) struct ServerEnd {
+        pub(crate) tx: mpsc::Sender<Resp>,
+        pub(crate) rx: mpsc::Receiver<Req>,
+    }
+
+    /// A dial waiting for the test to accept or refuse it.
+    pub(crate) struct Dial {
+        /// The URL the client dialled (query included).
+        pub(crate) url: String,
+        reply: oneshot::Sender<Result<Box<dyn SignalTransport>, RtcError>>,
+    }
+
+    impl Dial {
+        /// Accept: the connection is up.
+        pub(crate) fn accept(self) -> ServerEnd {
+            let (to_client, rx) = mpsc::channel(CAPACITY);
+            let (tx, from_client) = mpsc::channel(CAPACITY);
+            let _ = self.reply.send(Ok(Box::new(ChannelTransport { tx, rx })));
+            ServerEnd {
+                tx: to_client,
+                rx: from_client,
             }
-            _ => {}
+        }
+
+        /// Refuse, as the server's HTTP upgrade would.
+        pub(crate) fn refuse(self, error: RtcError) {
+            let _ = self.reply.send(Err(error));
+        }
+    }
+
+    /// Hands every dial to the test; a test that dropped its receiver refuses them.
+    pub(crate) struct ChannelConnector {
+        pub(crate) dials: mpsc::Sender<Dial>,
+    }
+
+    #[async_trait::async_trait]
+    impl Connector for ChannelConnector {
+        async fn connect(
+            &self,
+            url: &str,
+            _token: &str,
+        ) -> Result<Box<dyn SignalTransport>, RtcError> {
+            let (reply, answer) = oneshot::channel();
+            let dial = Dial {
+                url: url.to_owned(),
+                reply,
+            };
+            self.dials
+                .send(dial)
+                .await
+                .map_err(|_| RtcError::from(SignalLoss::EndOfStream))?;
+            answer
+                .await
+                .map_err(|_| RtcError::from(SignalLoss::EndOfStream))?
         }
     }
 }
