@@ -75,16 +75,14 @@
 //! `ARRIVAL_MS`, default 20, is the time between two Rust users' arrivals;
 //! `SERVER_NICE` sets the server's priority apart from the users')
 
-#[path = "../../crates/speech/tests/gateway/mod.rs"]
-mod gateway;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e_tests::inference::speech as gateway;
 use e2e_tests::{
-    HarnessError, Human, LiveKitServer, LlmStandIn, espeak, free_port, http_get, llm_stand_in,
+    HarnessError, Human, LiveKitServer, LlmStandIn, err, espeak, free_port, http_get, llm_stand_in,
     metric, read_wav, resample, strip_ansi, token, voice_agent_bin,
 };
 use tokio::process::{Child, Command};
@@ -102,10 +100,6 @@ const LATE_ROOM: &str = "-late-";
 const GAP_S: f64 = 8.0;
 const QUESTION: &str = "What is the capital of France?";
 const ANSWER: &str = "The capital of France is Paris.";
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 fn main() {
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -17,18 +17,10 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::{
     AgentProcess, HarnessError, Human, LiveKitServer, LlmAnswer, LlmStandIn, agent_track_sid,
-    envelope, espeak_turns, example_bin, final_transcriptions, init_logging, mcp_everything,
-    read_wav, token, tool_results,
+    envelope, err, espeak_turns, example_bin, final_transcriptions, init_logging, mcp_everything,
+    path_str, read_wav, token, tool_names, tool_results,
 };
 use serde_json::{Value, json};
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
-
-fn path(p: &Path) -> Result<&str, HarnessError> {
-    p.to_str().ok_or_else(|| err("non-UTF-8 path"))
-}
 
 fn last_role(request: &Value) -> String {
     request["messages"]
@@ -37,28 +29,6 @@ fn last_role(request: &Value) -> String {
         .and_then(|m| m["role"].as_str())
         .unwrap_or_default()
         .to_string()
-}
-
-fn tool_names(request: &Value) -> Vec<String> {
-    request["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn calls(text: &str, list: &[(&str, Value)]) -> LlmAnswer {
-    LlmAnswer::ToolCalls {
-        text: text.to_string(),
-        reasoning: None,
-        calls: list
-            .iter()
-            .map(|(n, a)| (n.to_string(), a.clone()))
-            .collect(),
-    }
 }
 
 /// A user in `room` who speaks `wav` (published once the agent is there)
@@ -76,11 +46,11 @@ async fn user(
         &token("human", room)?,
         &[
             "--publish-wav",
-            path(wav)?,
+            path_str(wav)?,
             "--publish-delay",
             "0.5",
             "--record-wav",
-            path(recorded)?,
+            path_str(recorded)?,
             "--record-seconds",
             &seconds,
             "--text-topic",
@@ -132,7 +102,7 @@ async fn the_restaurant_greets_answers_through_its_tool_and_is_heard_while_the_t
                     .unwrap_or_else(|| "missing".into());
                 LlmAnswer::Reply(format!("You are booked. Your reference is {reference}."))
             }
-            None => calls(
+            None => LlmAnswer::tool_calls(
                 "",
                 &[(
                     "book_table",
@@ -237,7 +207,7 @@ async fn the_host_hands_the_wine_question_to_the_sommelier() -> Result<(), Harne
         if system.starts_with("You are the sommelier") {
             LlmAnswer::Reply("I am the sommelier. A Chablis goes well with fish.".into())
         } else if last_role(request) == "user" {
-            calls("", &[("ask_sommelier", json!({}))])
+            LlmAnswer::tool_calls("", &[("ask_sommelier", json!({}))])
         } else {
             LlmAnswer::Reply("Here is the sommelier.".into())
         }
@@ -317,7 +287,7 @@ async fn an_mcp_servers_long_tool_is_cancelled_when_the_user_speaks_and_the_hist
         if users >= 2 {
             LlmAnswer::Reply("Okay, I stopped.".into())
         } else if last_role(request) == "user" {
-            calls(
+            LlmAnswer::tool_calls(
                 "Let me run that for you.",
                 &[(
                     "trigger-long-running-operation",

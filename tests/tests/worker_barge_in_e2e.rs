@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use e2e_tests::{
     AgentProcess, HarnessError, Human, LiveKitServer, LlmAnswer, LlmStandIn, agent_track_sid,
-    envelope, espeak, final_transcriptions, http_get, init_logging, messages_of, read_wav, token,
+    envelope, err, espeak, final_transcriptions, http_get, init_logging, messages_of, path_str,
+    read_wav, token,
 };
 
 const LONG: &str = "Let me tell you about Paris. It is the capital of France. \
@@ -16,14 +17,6 @@ const LONG: &str = "Let me tell you about Paris. It is the capital of France. \
     Millions of people visit it every year to see its famous tower. \
     The food there is known all over the world, from bread to cheese.";
 const STOPPED: &str = "Okay, I will stop.";
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
-
-fn path(p: &std::path::Path) -> Result<&str, HarnessError> {
-    p.to_str().ok_or_else(|| err("non-UTF-8 path"))
-}
 
 fn time_of(seen: &[serde_json::Value], event: &str) -> Result<f64, HarnessError> {
     seen.iter()
@@ -71,13 +64,13 @@ async fn speaking_over_the_agent_stops_it_and_keeps_only_what_was_played()
         &token("human", "barge-in")?,
         &[
             "--publish-wav",
-            path(&question)?,
+            path_str(&question)?,
             "--barge-wav",
-            path(&barge)?,
+            path_str(&barge)?,
             "--barge-after",
             "2.5",
             "--record-wav",
-            path(&recorded)?,
+            path_str(&recorded)?,
             "--record-seconds",
             "30",
             "--text-topic",

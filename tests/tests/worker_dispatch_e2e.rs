@@ -6,13 +6,9 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, create_dispatch, init_logging, is_agent,
+    AgentProcess, HarnessError, Human, LiveKitServer, create_dispatch, err, init_logging, is_agent,
     llm_stand_in, token, token_dispatching,
 };
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 fn agent_seen(seen: &[serde_json::Value]) -> Option<&serde_json::Value> {
     seen.iter()

@@ -6,14 +6,11 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, espeak, init_logging, llm_stand_in, token,
+    AgentProcess, HarnessError, Human, LiveKitServer, err, espeak, init_logging, llm_stand_in,
+    token,
 };
 
 const REPLY: &str = "The capital of France is Paris. It is a lovely city.";
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_reply_finishes_the_reply_and_exits_zero() -> Result<(), HarnessError> {

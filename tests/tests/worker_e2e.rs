@@ -11,15 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, espeak, http_get, init_logging, llm_stand_in,
-    token,
+    AgentProcess, HarnessError, Human, LiveKitServer, err, espeak, http_get, init_logging,
+    llm_stand_in, token,
 };
 
 const REPLY: &str = "The capital of France is Paris. It is a lovely city.";
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_worker_is_dispatched_answers_and_drains() -> Result<(), HarnessError> {

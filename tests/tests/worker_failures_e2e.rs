@@ -7,20 +7,13 @@
 use std::time::Duration;
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, LlmAnswer, LlmStandIn, agent_track_sid,
-    espeak, espeak_turns, final_transcriptions, http_get, init_logging, messages_of, token,
+    AgentProcess, HarnessError, Human, LiveKitServer, LlmAnswer, LlmStandIn, agent_track_sid, err,
+    espeak, espeak_turns, final_transcriptions, http_get, init_logging, messages_of, path_str,
+    token,
 };
 
 const APOLOGY: &str = "Sorry, I can't answer right now. Please try again in a moment.";
 const ANSWER: &str = "The capital of France is Paris.";
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
-
-fn path(p: &std::path::Path) -> Result<&str, HarnessError> {
-    p.to_str().ok_or_else(|| err("non-UTF-8 path"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_failures_are_survived_and_told_while_other_rooms_go_on() -> Result<(), HarnessError> {
@@ -67,9 +60,9 @@ async fn llm_failures_are_survived_and_told_while_other_rooms_go_on() -> Result<
         &token("human-a", "failures-a")?,
         &[
             "--publish-wav",
-            path(&questions)?,
+            path_str(&questions)?,
             "--record-wav",
-            path(&recorded_a)?,
+            path_str(&recorded_a)?,
             "--record-seconds",
             "45",
             "--text-topic",
@@ -87,7 +80,7 @@ async fn llm_failures_are_survived_and_told_while_other_rooms_go_on() -> Result<
         &token("human-b", "failures-b")?,
         &[
             "--publish-wav",
-            path(&question)?,
+            path_str(&question)?,
             "--publish-delay",
             "8",
             "--text-topic",

@@ -15,13 +15,9 @@ use agent::stage::{
 };
 use async_trait::async_trait;
 use e2e_tests::{
-    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, espeak, init_logging, token,
+    API_KEY, API_SECRET, HarnessError, Human, LiveKitServer, err, espeak, init_logging, token,
 };
 use tokio::sync::{mpsc, oneshot};
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 /// Never asked: no turn completes before the VAD panics.
 struct UnusedLlm;

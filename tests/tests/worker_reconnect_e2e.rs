@@ -5,12 +5,9 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, http_get, init_logging, llm_stand_in, token,
+    AgentProcess, HarnessError, Human, LiveKitServer, err, http_get, init_logging, llm_stand_in,
+    token,
 };
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 async fn wait_health(port: u16, want: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;

@@ -8,13 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use e2e_tests::{
-    AgentProcess, HarnessError, Human, LiveKitServer, http_get, init_logging, llm_stand_in, metric,
-    strip_ansi, token,
+    AgentProcess, HarnessError, Human, LiveKitServer, err, http_get, init_logging, llm_stand_in,
+    metric, strip_ansi, token,
 };
-
-fn err(msg: impl Into<String>) -> HarnessError {
-    HarnessError::Other(msg.into())
-}
 
 /// Users joining `rooms` from one Python process (no media).
 async fn users(server: &LiveKitServer, rooms: &[String]) -> Result<Human, HarnessError> {

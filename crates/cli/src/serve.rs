@@ -117,7 +117,7 @@ pub async fn worker(config: &Config, entrypoint: Entrypoint) -> Result<()> {
     let options = WorkerOptions {
         url: env.url.clone(),
         api_key: env.api_key,
-        api_secret: env.api_secret,
+        api_secret: env.api_secret.into(),
         agent_name: agent_name.clone(),
         max_jobs: config.worker.max_sessions,
         load_threshold: config.worker.load_threshold,

@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e_tests::{LlmAnswer, LlmStandIn, example_bin, free_port, mcp_everything, tool_results};
+use e2e_tests::{
+    LlmAnswer, LlmStandIn, example_bin, free_port, mcp_everything, tool_names, tool_results,
+};
 use serde_json::{Value, json};
 
 /// The last message of a request, and its role.
@@ -24,28 +26,6 @@ fn last_message(request: &Value) -> (String, String) {
         last["role"].as_str().unwrap_or_default().to_string(),
         last["content"].as_str().unwrap_or_default().to_string(),
     )
-}
-
-fn tool_names(request: &Value) -> Vec<String> {
-    request["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn calls(list: &[(&str, Value)]) -> LlmAnswer {
-    LlmAnswer::ToolCalls {
-        text: String::new(),
-        reasoning: None,
-        calls: list
-            .iter()
-            .map(|(n, a)| (n.to_string(), a.clone()))
-            .collect(),
-    }
 }
 
 /// Runs `program --config CONFIG console --text` with `stdin`, to its end.
@@ -91,10 +71,13 @@ async fn the_restaurant_example_answers_through_its_tools_with_its_greeting_firs
         (role, content) if role == "tool" => {
             LlmAnswer::Reply(format!("The table for four at seven thirty is {content}."))
         }
-        _ => calls(&[(
-            "check_availability",
-            json!({"party_size": 4, "time": "19:30"}),
-        )]),
+        _ => LlmAnswer::tool_calls(
+            "",
+            &[(
+                "check_availability",
+                json!({"party_size": 4, "time": "19:30"}),
+            )],
+        ),
     })
     .await
     .expect("stand-in");
@@ -150,7 +133,7 @@ async fn the_handoff_example_hands_wine_questions_to_the_sommelier() {
         if system.starts_with("You are the sommelier") {
             LlmAnswer::Reply("Good evening, I am the sommelier: a Chablis goes with fish.".into())
         } else {
-            calls(&[("ask_sommelier", json!({}))])
+            LlmAnswer::tool_calls("", &[("ask_sommelier", json!({}))])
         }
     })
     .await
@@ -202,7 +185,7 @@ fn summing_llm() -> impl Fn(&Value) -> LlmAnswer + Send + Sync + 'static {
     |body| match last_message(body) {
         (role, content) if role == "tool" => LlmAnswer::Reply(format!("Result: {content}")),
         _ if tool_names(body).iter().any(|t| t == "get-sum") => {
-            calls(&[("get-sum", json!({"a": 2, "b": 3}))])
+            LlmAnswer::tool_calls("", &[("get-sum", json!({"a": 2, "b": 3}))])
         }
         _ => LlmAnswer::Reply("I have no tools right now.".into()),
     }

@@ -1,17 +1,16 @@
 //! `voice-agent console --text` as a user runs it, against a local stand-in
 //! for the LiveKit Inference gateway that checks the request's JWT the way
-//! the gateway does (HS256 signature with the API secret, issuer, expiry,
-//! the inference grant) and answers with a streamed completion, or 401.
+//! the gateway does (`e2e_tests::inference::verify_jwt`: HS256 signature with
+//! the API secret, issuer, subject, validity, the inference grant) and
+//! answers with a streamed completion, or 401.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use e2e_tests::http::read_request;
+use e2e_tests::inference::verify_jwt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const KEY: &str = "devkey";
@@ -25,36 +24,6 @@ struct Seen {
     body: serde_json::Value,
 }
 
-fn jwt_is_valid(token: &str) -> bool {
-    let parts: Vec<&str> = token.split('.').collect();
-    let [header, payload, signature] = parts[..] else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(format!("{header}.{payload}").as_bytes());
-    let Ok(sig) = URL_SAFE_NO_PAD.decode(signature) else {
-        return false;
-    };
-    if mac.verify_slice(&sig).is_err() {
-        return false;
-    }
-    let Ok(claims) = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| ())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|_| ()))
-    else {
-        return false;
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64;
-    claims["iss"] == KEY
-        && claims["inference"]["perform"] == true
-        && claims["exp"].as_i64().is_some_and(|exp| exp > now)
-        && claims["nbf"].as_i64().is_some_and(|nbf| nbf <= now + 5)
-}
-
 /// Serves until the test ends; returns the base URL and the request log.
 async fn gateway() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -65,46 +34,21 @@ async fn gateway() -> (String, Arc<Mutex<Vec<Seen>>>) {
         while let Ok((mut sock, _)) = listener.accept().await {
             let log = log.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
+                let Some(request) = read_request(&mut sock).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let header = |name: &str| {
-                    head.lines()
-                        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
-                        .map(|l| l[name.len() + 1..].trim().to_string())
-                };
-                let len: usize = header("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body: serde_json::Value =
-                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                 log.lock().expect("log").push(Seen {
-                    path,
-                    provider: header("x-livekit-inference-provider"),
-                    body,
+                    path: request.path().to_string(),
+                    provider: request
+                        .header("x-livekit-inference-provider")
+                        .map(str::to_string),
+                    body: request.json(),
                 });
-                let token = header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+                let token = request
+                    .header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
                     .unwrap_or_default();
-                let response = if jwt_is_valid(&token) {
+                let response = if verify_jwt(token, KEY, SECRET).is_ok() {
                     let mut r = String::from(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
                     );

@@ -12,13 +12,11 @@
 //!
 //! No criterion: a few timed repetitions, best and median printed.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use agent::{ChatMessage, JobContext, Llm, LlmChunk, LlmRequest};
+use e2e_tests::inference::chat as gateway;
 use futures::StreamExt;
 use kimi::decode::Decoder;
 use kimi::sse::SseParser;
@@ -30,7 +28,7 @@ fn token_event(i: usize) -> String {
         "Hello", " there", ",", " how", " can", " I", " help", " you", " today", "?", " ¿Qué",
         " tal", "?",
     ];
-    support::content(words[i % words.len()])
+    gateway::content(words[i % words.len()])
 }
 
 fn stream_bytes(tokens: usize) -> Vec<u8> {
@@ -41,9 +39,9 @@ fn stream_bytes(tokens: usize) -> Vec<u8> {
             s.push_str(": keep-alive\n\n");
         }
     }
-    s.push_str(&support::finish("stop"));
-    s.push_str(&support::usage(1000, tokens as u64, 0));
-    s.push_str(support::DONE);
+    s.push_str(&gateway::finish("stop"));
+    s.push_str(&gateway::usage(1000, tokens as u64, 0));
+    s.push_str(gateway::DONE);
     s.into_bytes()
 }
 
@@ -131,34 +129,26 @@ fn end_to_end_loopback() {
     rt.block_on(async {
         let tokens = 20_000;
         // One body frame per token, as a model server sends them.
-        let steps: Vec<support::Step> = (0..tokens)
-            .map(|i| support::Step::Bytes(token_event(i).into_bytes()))
-            .chain([support::Step::Bytes(
-                [support::finish("stop"), support::usage(10, 10, 0), support::DONE.to_string()]
+        let steps: Vec<gateway::Step> = (0..tokens)
+            .map(|i| gateway::Step::Bytes(token_event(i).into_bytes()))
+            .chain([gateway::Step::Bytes(
+                [gateway::finish("stop"), gateway::usage(10, 10, 0), gateway::DONE.to_string()]
                     .concat()
                     .into_bytes(),
             )])
             .collect();
         let mut results = Vec::new();
         for _ in 0..5 {
-            let gw = support::Gateway::start(
-                support::Auth::Livekit {
-                    key: support::KEY.into(),
-                    secret: support::SECRET.into(),
-                },
-                vec![support::Reply::Stream(steps.clone())],
+            let gw = gateway::Gateway::start(
+                gateway::lk_auth(),
+                vec![gateway::Reply::Stream(steps.clone())],
             )
             .await;
             let cfg = KimiConfig {
                 base_url: Some(gw.base_url.clone()),
                 ..KimiConfig::default()
             };
-            let env = |k: &str| match k {
-                "LIVEKIT_API_KEY" => Some(support::KEY.to_string()),
-                "LIVEKIT_API_SECRET" => Some(support::SECRET.to_string()),
-                _ => None,
-            };
-            let Ok(llm) = KimiLlm::new(&cfg, &env) else {
+            let Ok(llm) = KimiLlm::new(&cfg, &gateway::livekit_env) else {
                 println!("end to end: client failed");
                 return;
             };

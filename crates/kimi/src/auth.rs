@@ -1,43 +1,24 @@
-//! Credentials and request authentication: resolving keys from the
-//! environment (by variable name; values never leave this module except as a
-//! request header), and minting LiveKit Inference's per-request HS256 JWT with
-//! `livekit-token`, whose access tokens express the `inference.perform` grant.
+//! Credentials and request authentication: which credentials each backend
+//! takes from the environment (by variable name; values never leave this
+//! module except as a request header), and the bearer token of a request —
+//! for LiveKit Inference a fresh JWT per request. Secrets, the LiveKit
+//! variables and their fallbacks, and the token itself are
+//! `livekit-plumbing`'s, shared with `speech`.
 
-use std::fmt;
-use std::time::Duration;
-
-use livekit_token::{AccessToken, InferenceGrants};
+use livekit_plumbing::{ApiCredentials, INFERENCE_TOKEN_TTL, Redactor, Secret, var};
 
 use crate::config::Backend;
-use crate::error::{KimiError, Redactor};
+use crate::error::KimiError;
 
 /// Lifetime of a LiveKit Inference token (`exp` = `nbf` + this).
-pub const TOKEN_TTL: Duration = Duration::from_secs(600);
-
-/// A string that must never be shown: `Debug` prints `[redacted]` and there is
-/// no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub const TOKEN_TTL: std::time::Duration = INFERENCE_TOKEN_TTL;
 
 /// How requests to one target are authenticated.
 #[derive(Clone, Debug)]
 pub(crate) enum Credentials {
     /// LiveKit Inference: a JWT minted per request.
     Livekit {
-        api_key: Secret,
-        api_secret: Secret,
+        credentials: ApiCredentials,
         /// The token's `sub`.
         identity: String,
     },
@@ -45,11 +26,6 @@ pub(crate) enum Credentials {
     Bearer(Secret),
     /// No `Authorization` header (local OpenAI-compatible servers).
     None,
-}
-
-/// Looks a variable up, treating an empty value as unset.
-fn lookup(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
-    env(name).filter(|v| !v.trim().is_empty())
 }
 
 impl Credentials {
@@ -63,62 +39,46 @@ impl Credentials {
         redactor: &mut Redactor,
     ) -> Result<Self, KimiError> {
         let creds = match backend {
-            Backend::Livekit => {
-                let key = lookup(env, "LIVEKIT_INFERENCE_API_KEY")
-                    .or_else(|| lookup(env, "LIVEKIT_API_KEY"));
-                let secret = lookup(env, "LIVEKIT_INFERENCE_API_SECRET")
-                    .or_else(|| lookup(env, "LIVEKIT_API_SECRET"));
-                match (key, secret) {
-                    (Some(key), Some(secret)) => Credentials::Livekit {
-                        api_key: Secret(key),
-                        api_secret: Secret(secret),
-                        identity: identity.to_string(),
-                    },
-                    _ => {
-                        return Err(KimiError::MissingCredentials {
-                            backend: backend.as_str(),
-                            vars: "LIVEKIT_INFERENCE_API_KEY and LIVEKIT_INFERENCE_API_SECRET \
-                                   (or LIVEKIT_API_KEY and LIVEKIT_API_SECRET)"
-                                .to_string(),
-                        });
-                    }
+            Backend::Livekit => match ApiCredentials::inference_from_env(env) {
+                Ok(credentials) => Credentials::Livekit {
+                    credentials,
+                    identity: identity.to_string(),
+                },
+                Err(missing) => {
+                    return Err(KimiError::MissingCredentials {
+                        backend: backend.as_str(),
+                        vars: missing.vars,
+                    });
                 }
-            }
+            },
             Backend::Baseten => {
-                let var = api_key_env.unwrap_or("BASETEN_API_KEY");
-                match lookup(env, var) {
-                    Some(key) => Credentials::Bearer(Secret(key)),
+                let name = api_key_env.unwrap_or("BASETEN_API_KEY");
+                match var(env, name) {
+                    Some(key) => Credentials::Bearer(Secret::new(key)),
                     None => {
                         return Err(KimiError::MissingCredentials {
                             backend: backend.as_str(),
-                            vars: var.to_string(),
+                            vars: name.to_string(),
                         });
                     }
                 }
             }
             Backend::OpenaiCompatible => match api_key_env {
                 None => Credentials::None,
-                Some(var) => match lookup(env, var) {
-                    Some(key) => Credentials::Bearer(Secret(key)),
+                Some(name) => match var(env, name) {
+                    Some(key) => Credentials::Bearer(Secret::new(key)),
                     None => {
                         return Err(KimiError::MissingCredentials {
                             backend: backend.as_str(),
-                            vars: format!("{var} (named by api_key_env)"),
+                            vars: format!("{name} (named by api_key_env)"),
                         });
                     }
                 },
             },
         };
         match &creds {
-            Credentials::Livekit {
-                api_key,
-                api_secret,
-                ..
-            } => {
-                redactor.add(api_key.expose());
-                redactor.add(api_secret.expose());
-            }
-            Credentials::Bearer(key) => redactor.add(key.expose()),
+            Credentials::Livekit { credentials, .. } => credentials.redact_with(redactor),
+            Credentials::Bearer(key) => redactor.add(key),
             Credentials::None => {}
         }
         Ok(creds)
@@ -128,31 +88,13 @@ impl Credentials {
     pub(crate) fn bearer(&self) -> Result<Option<Secret>, KimiError> {
         match self {
             Credentials::Livekit {
-                api_key,
-                api_secret,
+                credentials,
                 identity,
-            } => mint_inference_token(api_key.expose(), api_secret.expose(), identity).map(Some),
+            } => Ok(Some(credentials.inference_token(identity, TOKEN_TTL)?)),
             Credentials::Bearer(key) => Ok(Some(key.clone())),
             Credentials::None => Ok(None),
         }
     }
-}
-
-/// An HS256 JWT for LiveKit Inference: `iss` = key, `sub` = identity, `nbf` =
-/// now, `exp` = now + [`TOKEN_TTL`], `inference: {perform: true}`.
-pub(crate) fn mint_inference_token(
-    api_key: &str,
-    api_secret: &str,
-    identity: &str,
-) -> Result<Secret, KimiError> {
-    AccessToken::with_api_key(api_key, api_secret)
-        .with_identity(identity)
-        .with_ttl(TOKEN_TTL)
-        .with_inference_grants(InferenceGrants::default().with_perform())
-        .to_jwt()
-        .map(Secret)
-        // The token error names no secret, but say only what failed.
-        .map_err(|_| KimiError::Config("could not sign the LiveKit Inference token".into()))
 }
 
 #[cfg(test)]
@@ -178,17 +120,16 @@ mod tests {
         let mut r = Redactor::default();
         let c = Credentials::resolve(Backend::Livekit, None, "agent", &env, &mut r).unwrap();
         match c {
-            Credentials::Livekit {
-                api_key,
-                api_secret,
-                ..
-            } => {
-                assert_eq!(api_key.expose(), "ikey");
-                assert_eq!(api_secret.expose(), "secret-value");
+            Credentials::Livekit { credentials, .. } => {
+                assert_eq!(credentials.api_key().expose(), "ikey");
+                assert_eq!(credentials.api_secret().expose(), "secret-value");
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(!r.clean("x secret-value y").contains("secret-value"));
+        assert_eq!(
+            r.clean("x secret-value y ikey"),
+            "x [redacted] y [redacted]"
+        );
     }
 
     #[test]
@@ -202,6 +143,10 @@ mod tests {
 
         let e = Credentials::resolve(Backend::Baseten, None, "agent", &env, &mut r).unwrap_err();
         assert!(e.to_string().contains("BASETEN_API_KEY"));
+        let baseten = env_of(&[("BASETEN_API_KEY", "bt-key-value")]);
+        let c = Credentials::resolve(Backend::Baseten, None, "agent", &baseten, &mut r).unwrap();
+        assert!(matches!(&c, Credentials::Bearer(k) if k.expose() == "bt-key-value"));
+        assert_eq!(r.clean("bt-key-value"), "[redacted]");
         let e = Credentials::resolve(Backend::OpenaiCompatible, Some("MY_KEY"), "a", &env, &mut r)
             .unwrap_err();
         assert!(e.to_string().contains("MY_KEY"));
@@ -214,8 +159,7 @@ mod tests {
     #[test]
     fn debug_never_shows_secrets() {
         let c = Credentials::Livekit {
-            api_key: Secret("APIkeyXYZ".into()),
-            api_secret: Secret("very-secret".into()),
+            credentials: ApiCredentials::new("APIkeyXYZ", "very-secret"),
             identity: "agent".into(),
         };
         let d = format!("{c:?}");

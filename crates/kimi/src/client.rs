@@ -21,14 +21,15 @@ use std::time::{Duration, SystemTime};
 use agent::{JobContext, Llm, LlmChunk, LlmOptions, LlmRequest, LlmStream, StageError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use livekit_plumbing::{Backoff, Redactor, Scheme, service_url};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::auth::Credentials;
 use crate::catalogue;
-use crate::config::{BASETEN_URL, Backend, KimiConfig, LIVEKIT_INFERENCE_URL, ThinkingFormat};
+use crate::config::{BASETEN_URL, Backend, KimiConfig, ThinkingFormat};
 use crate::decode::{self, DecodeError, Decoder};
-use crate::error::{KimiError, Redactor};
+use crate::error::KimiError;
 use crate::params::TargetParams;
 use crate::request;
 use crate::retry;
@@ -39,6 +40,9 @@ const JOB_HEADER: &str = "x-livekit-job-id";
 const AGENT_HEADER: &str = "x-livekit-agent-id";
 /// Response headers with this prefix are LiveKit Inference quota figures.
 const QUOTA_PREFIX: &str = "x-livekit-inference-";
+/// At most this many characters of a server's text go into an error (cut
+/// after the secrets are removed).
+const MAX_SERVER_TEXT: usize = 200;
 /// At most this much of an error body is read.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest wait for the end of a body after `[DONE]`.
@@ -59,9 +63,19 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_retries: u32,
-    retry_base: Duration,
-    retry_max: Duration,
+    /// The wait before a retry that the server set no `Retry-After` for; a
+    /// `Retry-After` longer than its cap moves on to the next target.
+    retry: Backoff,
     strip_think: bool,
+}
+
+impl Inner {
+    /// A server's text (an error body, a bad event) as it may appear in an
+    /// error: secrets and tokens removed, then shortened. Transport errors
+    /// (ours, short) are only cleaned.
+    fn scrub(&self, text: &str) -> String {
+        self.redactor.clean_truncated(text, MAX_SERVER_TEXT)
+    }
 }
 
 /// One (backend, model) pair with everything needed to call it.
@@ -160,8 +174,10 @@ impl KimiLlm {
                 connect_timeout,
                 idle_timeout: Duration::from_millis(config.idle_timeout_ms),
                 max_retries: config.max_retries,
-                retry_base: Duration::from_millis(config.retry_base_delay_ms),
-                retry_max: Duration::from_millis(config.retry_max_delay_ms),
+                retry: Backoff::new(
+                    Duration::from_millis(config.retry_base_delay_ms),
+                    Duration::from_millis(config.retry_max_delay_ms),
+                ),
                 strip_think: config.strip_think,
             }),
         })
@@ -250,10 +266,8 @@ impl Target {
             )));
         }
         let base = match (spec.backend, spec.base_url) {
+            (Backend::Livekit, explicit) => livekit_plumbing::inference_base_url(explicit, env),
             (_, Some(url)) => url.to_string(),
-            (Backend::Livekit, None) => env("LIVEKIT_INFERENCE_URL")
-                .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| LIVEKIT_INFERENCE_URL.to_string()),
             (Backend::Baseten, None) => BASETEN_URL.to_string(),
             (Backend::OpenaiCompatible, None) => {
                 return Err(KimiError::Config(
@@ -261,12 +275,9 @@ impl Target {
                 ));
             }
         };
-        let endpoint = reqwest::Url::parse(&request::endpoint(base.trim()))
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| {
-                KimiError::Config(format!("the base URL for {label} is not an http(s) URL"))
-            })?;
+        let endpoint = service_url(&base, Scheme::Http, request::ENDPOINT_PATH).map_err(|e| {
+            KimiError::Config(format!("the base URL for {label} is not usable: {e}"))
+        })?;
         let format = spec
             .thinking_format
             .unwrap_or_else(|| ThinkingFormat::default_for(spec.backend, Some(base.trim())));
@@ -404,14 +415,9 @@ impl Driver {
             .unwrap_or("?");
         if error.is_retryable() && self.retries < inner.max_retries {
             let delay = match error.retry_after() {
-                Some(wait) if wait > inner.retry_max => None,
+                Some(wait) if wait > inner.retry.max => None,
                 Some(wait) => Some(wait),
-                None => Some(retry::backoff(
-                    self.retries,
-                    inner.retry_base,
-                    inner.retry_max,
-                    retry::jitter_sample(),
-                )),
+                None => Some(inner.retry.delay_jittered(self.retries)),
             };
             if let Some(delay) = delay {
                 self.retries += 1;
@@ -506,10 +512,7 @@ impl Driver {
                 let body = read_error_body(response, inner.idle_timeout).await;
                 return Err(KimiError::Protocol {
                     target: target.label.clone(),
-                    message: inner.redactor.clean(&format!(
-                        "expected an event stream, got JSON: {}",
-                        decode::snippet(&body)
-                    )),
+                    message: inner.scrub(&format!("expected an event stream, got JSON: {body}")),
                 });
             }
             return Ok(response);
@@ -531,7 +534,7 @@ impl Driver {
         } else {
             decode::error_message(&body)
         };
-        message = inner.redactor.clean(&message);
+        message = inner.scrub(&message);
         let label = target.label.clone();
         match status {
             401 | 403 => KimiError::Auth {
@@ -617,7 +620,7 @@ impl Driver {
             },
             DecodeError::Malformed(_) | DecodeError::Provider(_) => KimiError::Protocol {
                 target,
-                message: self.inner.redactor.clean(&e.to_string()),
+                message: self.inner.scrub(&e.to_string()),
             },
         }
     }

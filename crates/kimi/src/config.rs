@@ -53,8 +53,8 @@
 use serde::Deserialize;
 
 /// LiveKit Inference's gateway, used when neither `base_url` nor
-/// `LIVEKIT_INFERENCE_URL` says otherwise.
-pub const LIVEKIT_INFERENCE_URL: &str = "https://agent-gateway.livekit.cloud/v1";
+/// `LIVEKIT_INFERENCE_URL` says otherwise (the same for STT and TTS).
+pub const LIVEKIT_INFERENCE_URL: &str = livekit_plumbing::DEFAULT_INFERENCE_URL;
 /// Baseten's OpenAI-compatible endpoint.
 pub const BASETEN_URL: &str = "https://inference.baseten.co/v1";
 

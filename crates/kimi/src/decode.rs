@@ -222,7 +222,7 @@ impl Decoder {
             return Ok(());
         }
         let chunk: ChunkJson = serde_json::from_str(data)
-            .map_err(|e| DecodeError::Malformed(format!("{e} in {}", snippet(data))))?;
+            .map_err(|e| DecodeError::Malformed(format!("{e} in {data}")))?;
         if let Some(error) = chunk.error {
             return Err(DecodeError::Provider(error_value_message(&error)));
         }
@@ -371,38 +371,29 @@ impl Decoder {
     }
 }
 
-/// At most 200 characters of `text`, for error messages.
-pub(crate) fn snippet(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.chars().count() <= MAX {
-        return text.to_string();
-    }
-    let mut s: String = text.chars().take(MAX).collect();
-    s.push('…');
-    s
-}
-
 /// The message of an OpenAI-style error body (`{"error":{"message":…}}`),
-/// or a snippet of the text when it is not one.
+/// or the text when it is not one. Whole: the client removes secrets and
+/// only then shortens it (cutting first could split a secret and leave its
+/// prefix where the redactor no longer recognises it).
 pub(crate) fn error_message(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(value) => match value.get("error") {
             Some(error) => error_value_message(error),
             None => match value.get("message").and_then(|m| m.as_str()) {
-                Some(m) => snippet(m),
-                None => snippet(body.trim()),
+                Some(m) => m.to_string(),
+                None => body.trim().to_string(),
             },
         },
-        Err(_) => snippet(body.trim()),
+        Err(_) => body.trim().to_string(),
     }
 }
 
 fn error_value_message(error: &serde_json::Value) -> String {
     match error {
-        serde_json::Value::String(s) => snippet(s),
+        serde_json::Value::String(s) => s.clone(),
         other => match other.get("message").and_then(|m| m.as_str()) {
-            Some(m) => snippet(m),
-            None => snippet(&other.to_string()),
+            Some(m) => m.to_string(),
+            None => other.to_string(),
         },
     }
 }

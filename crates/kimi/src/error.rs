@@ -1,6 +1,7 @@
 //! The crate's one error type, [`KimiError`], and its mapping onto the
 //! session's [`StageError`]. No variant ever holds a key, secret or token:
-//! messages that come from a server are passed through `Redactor` first.
+//! messages that come from a server are passed through a
+//! `livekit_plumbing::Redactor` first.
 
 use std::fmt;
 use std::time::Duration;
@@ -21,6 +22,10 @@ pub enum KimiError {
     /// The `[llm]` configuration is not usable.
     #[error("invalid [llm] configuration: {0}")]
     Config(String),
+    /// A LiveKit Inference token could not be signed with the credentials
+    /// found (the secret is never shown).
+    #[error("LiveKit Inference: {0}")]
+    Token(#[from] livekit_plumbing::TokenError),
     /// The HTTP client could not be built (TLS setup).
     #[error("could not build the HTTP client: {0}")]
     Client(String),
@@ -124,9 +129,10 @@ impl KimiError {
     /// The session's error kind for this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            KimiError::MissingCredentials { .. } | KimiError::Config(_) | KimiError::Client(_) => {
-                ErrorKind::Config
-            }
+            KimiError::MissingCredentials { .. }
+            | KimiError::Config(_)
+            | KimiError::Token(_)
+            | KimiError::Client(_) => ErrorKind::Config,
             KimiError::Auth { .. } => ErrorKind::Auth,
             KimiError::RateLimit { .. } => ErrorKind::RateLimit,
             KimiError::BadRequest { .. } => ErrorKind::BadRequest,
@@ -163,64 +169,6 @@ impl From<KimiError> for StageError {
     fn from(e: KimiError) -> Self {
         StageError::new(e.kind(), e.to_string())
     }
-}
-
-/// Removes known secrets from text that came from outside (server messages,
-/// transport errors) before it goes into an error or a log line.
-#[derive(Clone, Default)]
-pub(crate) struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} secrets)", self.secrets.len())
-    }
-}
-
-impl Redactor {
-    pub(crate) fn add(&mut self, secret: &str) {
-        // Very short strings would redact ordinary words; real keys are long.
-        if secret.len() >= 4 && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-        }
-    }
-
-    pub(crate) fn clean(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "[redacted]");
-            }
-        }
-        redact_jwts(&out)
-    }
-}
-
-/// Replaces anything shaped like a JWT (`eyJ…​.…​.…`) with `[redacted]`: a
-/// server may echo the token it refused.
-fn redact_jwts(text: &str) -> String {
-    if !text.contains("eyJ") {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("eyJ") {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let len = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-            .unwrap_or(tail.len());
-        let candidate = &tail[..len];
-        if candidate.matches('.').count() >= 2 {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(candidate);
-        }
-        rest = &tail[len..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -260,18 +208,10 @@ mod tests {
         }
         .into();
         assert_eq!(s.kind, ErrorKind::Config);
-    }
-
-    #[test]
-    fn redactor_removes_secrets_and_jwts() {
-        let mut r = Redactor::default();
-        r.add("s3cr3t-value");
-        r.add("ab"); // too short to redact safely
-        let text = "bad key s3cr3t-value; token eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJrIn0.sig_-x ok; eyJnot-a-jwt ab";
-        let clean = r.clean(text);
-        assert!(!clean.contains("s3cr3t-value"));
-        assert!(!clean.contains("eyJhbGciOiJIUzI1NiJ9"));
-        assert!(clean.contains("eyJnot-a-jwt"));
-        assert!(clean.ends_with(" ab"));
+        let e = KimiError::from(livekit_plumbing::TokenError {
+            reason: "Invalid API Key or Secret Key".into(),
+        });
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(!e.is_retryable());
     }
 }

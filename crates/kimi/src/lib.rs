@@ -45,8 +45,10 @@
 //!   thinking switch's wire formats ([`ThinkingFormat`]).
 //! - [`client`]: [`KimiLlm`], the HTTP client, targets, retries, fallbacks,
 //!   timeouts and the stream that delivers chunks.
-//! - `auth` (private): credentials from the environment; the LiveKit
-//!   Inference JWT.
+//! - `auth` (private): which credentials each backend takes from the
+//!   environment, and each request's bearer token (for LiveKit Inference a
+//!   JWT minted by `livekit-plumbing`, which also holds the secrets and their
+//!   redaction, shared with `speech`).
 //! - [`params`]: the body fields of a target (thinking switch, fixed
 //!   sampling, `extra_kwargs`) and of a request (the agent's options).
 //! - [`request`]: the JSON body (messages, tools) and endpoint URL.
@@ -54,7 +56,8 @@
 //! - [`decode`]: completion chunks → [`agent::LlmChunk`]s (reasoning,
 //!   tool-call assembly, usage, finish reason).
 //! - [`think`]: `<think>…</think>` removal across chunk splits.
-//! - [`retry`]: backoff with jitter and `Retry-After`, as pure functions.
+//! - [`retry`]: the wait `Retry-After` asks for, as a pure function (the
+//!   backoff between retries is `livekit_plumbing::Backoff`).
 //! - [`catalogue`]: known Kimi models as data (retired, thinking default,
 //!   fixed sampling) and the retired-model warning.
 //! - [`error`]: [`KimiError`] and its mapping to [`agent::StageError`].

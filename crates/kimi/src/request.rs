@@ -1,6 +1,6 @@
 //! The request as the wire sees it: the chat-completions JSON body (messages,
 //! tools, `stream`, `stream_options`, and the fields [`crate::params`]
-//! resolved) and the endpoint URL. Pure functions, tested on their output.
+//! resolved) and the endpoint's path. Pure functions, tested on their output.
 
 use agent::{ChatMessage, Role, ToolSpec};
 use serde_json::{Map, Value, json};
@@ -102,10 +102,9 @@ pub fn body(model: &str, messages: &Value, tools: &Value, fields: &Map<String, V
     serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
 }
 
-/// `{base}/chat/completions`, whatever trailing slashes `base` has.
-pub fn endpoint(base: &str) -> String {
-    format!("{}/chat/completions", base.trim_end_matches('/'))
-}
+/// The endpoint under the base URL (`{base}/chat/completions`; the URL is
+/// built by `livekit_plumbing::service_url`, whatever slashes `base` has).
+pub const ENDPOINT_PATH: &str = "chat/completions";
 
 #[cfg(test)]
 mod tests {
@@ -208,7 +207,10 @@ mod tests {
 
     #[test]
     fn endpoint_joins_cleanly() {
-        assert_eq!(endpoint("http://h/v1/"), "http://h/v1/chat/completions");
-        assert_eq!(endpoint("http://h/v1"), "http://h/v1/chat/completions");
+        use livekit_plumbing::{Scheme, service_url};
+        for base in ["http://h/v1/", "http://h/v1", " http://h/v1// "] {
+            let url = service_url(base, Scheme::Http, ENDPOINT_PATH).unwrap();
+            assert_eq!(url.as_str(), "http://h/v1/chat/completions", "{base}");
+        }
     }
 }

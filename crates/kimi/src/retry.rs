@@ -1,18 +1,10 @@
-//! Retry timing as pure functions: exponential backoff with jitter, and the
-//! server's `Retry-After` / `retry-after-ms` headers. No clock is read here
-//! except through the `now` argument, so the tests are exact.
+//! The wait a throttled response asks for: the server's `Retry-After` /
+//! `retry-after-ms` headers, as a pure function. No clock is read here except
+//! through the `now` argument, so the tests are exact. The backoff used when
+//! a server names no wait is `livekit_plumbing::Backoff`, shared with the
+//! other clients; this part is Kimi's own (only HTTP responses carry it).
 
 use std::time::{Duration, SystemTime};
-
-/// Delay before retry number `retry` (0 for the first retry): `base · 2^retry`
-/// capped at `max`, then scaled by a jitter factor in `[0.5, 1.0]` taken from
-/// `jitter` (a uniform sample in `[0, 1)`), so that clients that failed
-/// together do not retry together.
-pub fn backoff(retry: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let factor = 2u32.saturating_pow(retry.min(16));
-    let raw = base.saturating_mul(factor).min(max);
-    raw.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
 
 /// The wait a 429 (or 503) response asks for: `retry-after-ms` (milliseconds,
 /// as OpenAI-style servers send) wins over `Retry-After`, which is either
@@ -26,7 +18,8 @@ pub fn retry_after(
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        // Capped as `Retry-After` is: `from_secs_f64` panics past `Duration::MAX`.
+        return Some(Duration::from_secs_f64(ms.min(86_400_000.0) / 1000.0));
     }
     let value = retry_after?.trim();
     if let Ok(secs) = value.parse::<f64>() {
@@ -39,44 +32,11 @@ pub fn retry_after(
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// A cheap uniform sample in `[0, 1)` for jitter, seeded from the standard
-/// library's per-process random hasher keys. Not for cryptography.
-pub fn jitter_sample() -> f64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn backoff_doubles_caps_and_jitters_within_half() {
-        assert_eq!(backoff(0, MS(100), MS(1000), 1.0), MS(100));
-        assert_eq!(backoff(1, MS(100), MS(1000), 1.0), MS(200));
-        assert_eq!(backoff(2, MS(100), MS(1000), 1.0), MS(400));
-        assert_eq!(backoff(5, MS(100), MS(1000), 1.0), MS(1000));
-        assert_eq!(backoff(40, MS(100), MS(1000), 1.0), MS(1000));
-        assert_eq!(backoff(1, MS(100), MS(1000), 0.0), MS(100));
-        for _ in 0..100 {
-            let d = backoff(1, MS(100), MS(1000), jitter_sample());
-            assert!(d >= MS(100) && d <= MS(200), "{d:?}");
-        }
-    }
-
-    #[test]
-    fn jitter_samples_differ_and_stay_in_range() {
-        let a: Vec<f64> = (0..20).map(|_| jitter_sample()).collect();
-        assert!(a.iter().all(|x| (0.0..1.0).contains(x)));
-        assert!(a.windows(2).any(|w| w[0] != w[1]));
-    }
 
     #[test]
     fn retry_after_forms() {
@@ -87,6 +47,10 @@ mod tests {
         assert_eq!(retry_after(None, Some("-3"), now), None);
         assert_eq!(retry_after(None, Some("soon"), now), None);
         assert_eq!(retry_after(None, None, now), None);
+        // A server's absurd value is capped at a day, not a panic.
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(retry_after(Some("1e300"), None, now), day);
+        assert_eq!(retry_after(None, Some("1e300"), now), day);
         let later = httpdate::fmt_http_date(now + Duration::from_secs(3));
         assert_eq!(retry_after(None, Some(&later), now), Some(MS(3000)));
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(3));

@@ -2,7 +2,7 @@
 //! Baseten's / a plain OpenAI-compatible server's), checking what the gateway
 //! checks, with realistic streams and faults.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -10,25 +10,11 @@ use agent::{
     ChatMessage, ErrorKind, JobContext, Llm, LlmChunk, LlmRequest, StageError, ToolCall, ToolSpec,
     Usage,
 };
+use common::collect;
+use e2e_tests::inference::chat::*;
 use futures::StreamExt;
 use kimi::{Backend, FallbackConfig, KimiConfig, KimiError, KimiLlm};
 use serde_json::json;
-use support::*;
-
-fn livekit_env(name: &str) -> Option<String> {
-    match name {
-        "LIVEKIT_API_KEY" => Some(KEY.into()),
-        "LIVEKIT_API_SECRET" => Some(SECRET.into()),
-        _ => None,
-    }
-}
-
-fn lk_auth() -> Auth {
-    Auth::Livekit {
-        key: KEY.into(),
-        secret: SECRET.into(),
-    }
-}
 
 /// The shipped config pointed at the local gateway, with short timeouts.
 fn config(gw: &Gateway) -> KimiConfig {
@@ -52,23 +38,6 @@ fn request() -> LlmRequest {
         job: JobContext::default(),
         options: Default::default(),
     }
-}
-
-/// Collects a whole reply; fails the test if it takes more than 10 s (a hang).
-async fn collect(
-    llm: &KimiLlm,
-    req: LlmRequest,
-) -> Result<Vec<Result<LlmChunk, StageError>>, StageError> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = llm.chat(req).await?;
-        let mut out = Vec::new();
-        while let Some(item) = stream.next().await {
-            out.push(item);
-        }
-        Ok(out)
-    })
-    .await
-    .expect("the reply hung")
 }
 
 fn text_of(items: &[Result<LlmChunk, StageError>]) -> String {

@@ -4,33 +4,18 @@
 //! turn without its `reasoning_content`, sampling K2.5/K2.6 do not accept —
 //! with HTTP 400 and an OpenAI-style error body.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
 use agent::{
-    ChatMessage, ErrorKind, JobContext, Llm, LlmChunk, LlmOptions, LlmRequest, StageError,
-    ToolCall, ToolChoice, ToolSpec, Usage,
+    ChatMessage, ErrorKind, JobContext, LlmChunk, LlmOptions, LlmRequest, StageError, ToolCall,
+    ToolChoice, ToolSpec, Usage,
 };
-use futures::StreamExt;
+use common::collect;
+use e2e_tests::inference::chat::*;
 use kimi::{Backend, KimiConfig, KimiError, KimiLlm, ThinkingFormat};
 use serde_json::{Value, json};
-use support::*;
-
-fn livekit_env(name: &str) -> Option<String> {
-    match name {
-        "LIVEKIT_API_KEY" => Some(KEY.into()),
-        "LIVEKIT_API_SECRET" => Some(SECRET.into()),
-        _ => None,
-    }
-}
-
-fn lk_auth() -> Auth {
-    Auth::Livekit {
-        key: KEY.into(),
-        secret: SECRET.into(),
-    }
-}
 
 /// The shipped config (K2.6 on LiveKit) pointed at `gw`.
 fn config(gw: &Gateway) -> KimiConfig {
@@ -77,23 +62,6 @@ fn first_turn() -> Vec<ChatMessage> {
         ChatMessage::system("You are a helpful voice assistant."),
         ChatMessage::user("Weather in Paris and Rome?"),
     ]
-}
-
-/// Collects a whole reply; fails the test on a hang.
-async fn collect(
-    llm: &KimiLlm,
-    req: LlmRequest,
-) -> Result<Vec<Result<LlmChunk, StageError>>, StageError> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = llm.chat(req).await?;
-        let mut out = Vec::new();
-        while let Some(item) = stream.next().await {
-            out.push(item);
-        }
-        Ok(out)
-    })
-    .await
-    .expect("the reply hung")
 }
 
 /// What a reply decoded to.

@@ -3,15 +3,13 @@
 //! the retired-model warning. Alone in its binary so that the once-per-process
 //! warning is seen here.
 
-mod support;
-
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use agent::{ChatMessage, JobContext, Llm, LlmRequest};
+use e2e_tests::inference::chat::*;
 use futures::StreamExt;
 use kimi::{Backend, FallbackConfig, KimiConfig, KimiLlm};
-use support::*;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};

@@ -6,11 +6,11 @@
 //!
 //! `cargo bench -p mcp --bench mcp_call` (`MCP_BENCH_CALLS` sets the count).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{JobContext, Tool, ToolContext, ToolError, ToolProvider, Userdata};
+use e2e_tests::mcp_everything;
 use mcp::{McpServer, McpServerConfig};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -137,19 +137,7 @@ fn report(what: &str, sorted: &[Duration]) {
 
 /// server-everything's `dist/index.js` in the test cache.
 fn everything() -> Result<String, String> {
-    let cache = match std::env::var("VOICE_AGENT_TEST_CACHE") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".cache/voice-agent-test"),
-    };
-    let index =
-        cache.join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if index.is_file() {
-        Ok(index.display().to_string())
-    } else {
-        Err(format!(
-            "{} not found: run `tests/setup.sh` first",
-            index.display()
-        ))
-    }
+    mcp_everything()
+        .map(|index| index.display().to_string())
+        .map_err(|e| e.to_string())
 }

@@ -4,14 +4,17 @@
 //! read from the environment.
 //!
 //! Header values and child environment values may be secrets: `Debug` shows
-//! only their keys, errors name keys and variable names, never values, and
-//! resolved header values are marked sensitive.
+//! only their keys, errors name keys and variable names, never values,
+//! resolved header values are marked sensitive, resolved environment values
+//! are `livekit_plumbing::Secret`s, and both are known to the resolution's
+//! `Redactor`, which scrubs them from what a server or a child says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use livekit_plumbing::{Redactor, Secret};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
@@ -278,12 +281,15 @@ impl McpServerConfig {
     ) -> Result<Resolved, McpError> {
         let at = format!("mcp[{}]", self.name);
         self.validate_at(&at)?;
+        let mut redactor = Redactor::default();
         let transport = match (&self.command, &self.url) {
             (Some(command), _) => {
                 let mut env = Vec::with_capacity(self.env.len());
                 for (key, value) in &self.env {
                     let key_at = format!("{at}.env.{key}");
-                    env.push((key.clone(), resolve_value(&key_at, value, lookup)?));
+                    let value = Secret::new(resolve_value(&key_at, value, lookup)?);
+                    redactor.add(&value);
+                    env.push((key.clone(), value));
                 }
                 Transport::Stdio {
                     command: command.clone(),
@@ -297,6 +303,7 @@ impl McpServerConfig {
                 for (name, value) in &self.headers {
                     let key_at = format!("{at}.headers.{name}");
                     let value = resolve_value(&key_at, value, lookup)?;
+                    redact_header_value(&mut redactor, &value);
                     headers.insert(header_name(&key_at, name)?, header_value(&key_at, value)?);
                 }
                 Transport::Http {
@@ -309,6 +316,7 @@ impl McpServerConfig {
         Ok(Resolved {
             name: self.name.clone(),
             transport,
+            redactor,
             allowed_tools: self.allowed_tools.clone(),
             timeout: self.timeout_duration(),
         })
@@ -363,6 +371,9 @@ pub fn validate_all(servers: &[McpServerConfig]) -> Result<(), McpError> {
 pub(crate) struct Resolved {
     pub(crate) name: String,
     pub(crate) transport: Transport,
+    /// Knows every resolved header and environment value: scrubs them from
+    /// what a server or a child says before it is logged or shown.
+    pub(crate) redactor: Redactor,
     pub(crate) allowed_tools: Option<Vec<String>>,
     pub(crate) timeout: Duration,
 }
@@ -373,7 +384,7 @@ pub(crate) enum Transport {
         command: String,
         args: Vec<String>,
         /// Resolved values: may hold secrets, never logged.
-        env: Vec<(String, String)>,
+        env: Vec<(String, Secret)>,
         cwd: Option<PathBuf>,
     },
     Http {
@@ -451,6 +462,20 @@ fn header_name(key: &str, name: &str) -> Result<HeaderName, McpError> {
 }
 
 /// The value as a header, marked sensitive. The error never shows it.
+/// Adds a header value to `redactor`, and its credentials alone when it has
+/// an auth scheme in front (`Bearer TOKEN`): a server may echo either.
+fn redact_header_value(redactor: &mut Redactor, value: &str) {
+    redactor.add(&Secret::from(value));
+    if let Some((scheme, credentials)) = value.trim().split_once(' ')
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        redactor.add(&Secret::from(credentials.trim()));
+    }
+}
+
 fn header_value(key: &str, value: String) -> Result<HeaderValue, McpError> {
     let mut parsed = HeaderValue::try_from(value).map_err(|_| {
         McpError::config(
@@ -591,6 +616,10 @@ mod tests {
             .header("X-Plain", "plain-secret-too");
         let lookup = |var: &str| (var == "MCP_TOKEN").then(|| format!("Bearer {secret}"));
         let resolved = config.resolve(&lookup).expect("variable set");
+        // What a server echoes is scrubbed: the whole value, or the token.
+        let echoed = format!("refused Bearer {secret}; token {secret}; plain-secret-too");
+        let scrubbed = resolved.redactor.clean(&echoed);
+        assert_eq!(scrubbed, "refused [redacted]; token [redacted]; [redacted]");
         let Transport::Http { headers, .. } = &resolved.transport else {
             panic!("an HTTP transport");
         };
@@ -635,12 +664,13 @@ mod tests {
         let Transport::Stdio { env, .. } = &resolved.transport else {
             panic!("a stdio transport");
         };
-        assert_eq!(
-            env,
-            &vec![
-                ("API_KEY".to_string(), secret.to_string()),
-                ("MODE".to_string(), "fast".to_string())
-            ]
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        assert_eq!(env, vec![("API_KEY", secret), ("MODE", "fast")]);
+        assert!(
+            !resolved
+                .redactor
+                .clean(&format!("key={secret}"))
+                .contains(secret)
         );
         assert!(!format!("{child:?}").contains("fast"));
         assert!(!resolved.transport.describe().contains(secret));

@@ -61,10 +61,12 @@
 //!   [`McpStatus`].
 //! - `tool.rs`: one MCP tool as an [`agent::Tool`], the call path with its
 //!   timeout and cancellation, and the conversions of schemas and results.
-//! - `backoff.rs`: the pure backoff function of the connect loop.
 //! - `error.rs`: [`McpError`], the crate's one error type.
+//!
+//! The reconnect backoff (a pure function), the secret type and the
+//! redaction of secrets from what servers say are `livekit-plumbing`'s,
+//! shared with the other clients of the workspace.
 
-mod backoff;
 mod config;
 mod error;
 mod server;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent::{Tool, ToolOutput, ToolProvider};
+use livekit_plumbing::{Backoff, Redactor};
 use process_wrap::tokio::CommandWrap;
 use rmcp::model::{ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest};
 use rmcp::service::{NotificationContext, QuitReason, RoleClient, RunningService};
@@ -35,7 +36,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::backoff::backoff;
 use crate::config::{McpServerConfig, Transport, process_env};
 use crate::error::{McpError, chain};
 use crate::tool::{Caller, McpTool};
@@ -48,6 +48,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// The longest a ping may go unanswered before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait before the next connect attempt: 0.5 s doubling to 30 s, with
+/// jitter, so that servers restarted together are not hammered in lockstep.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// On shutdown, how long rmcp may close the connection gracefully (stdin
@@ -157,6 +160,7 @@ impl McpServer {
             tools: tools_tx,
             nudge: nudge_rx,
             stop: stop.clone(),
+            redactor: resolved.redactor,
         };
         let task = runtime.spawn(supervisor.run());
         Ok(Arc::new(McpServer {
@@ -256,6 +260,8 @@ struct Supervisor {
     nudge: mpsc::Receiver<()>,
     /// Cancelled when the handle drops or shuts down.
     stop: CancellationToken,
+    /// Scrubs the configured secrets from errors and from the child's stderr.
+    redactor: Redactor,
 }
 
 /// How one connection ended.
@@ -298,7 +304,8 @@ impl Supervisor {
                     }
                 }
             };
-            let retry_in = backoff(attempt, fastrand::f64());
+            let error = self.redactor.clean(&error);
+            let retry_in = RECONNECT.delay_jittered(attempt);
             tracing::warn!(
                 server = %self.name,
                 transport = %self.transport.describe(),
@@ -347,7 +354,7 @@ impl Supervisor {
                 // process-wrap's `ProcessGroup`, whose debug span records the
                 // command, `env` values included.
                 cmd.args(args)
-                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .envs(env.iter().map(|(k, v)| (k, v.expose())))
                     .process_group(0)
                     .kill_on_drop(true);
                 if let Some(cwd) = cwd {
@@ -360,8 +367,10 @@ impl Supervisor {
                 // From here on, dropping the session (or this future) kills
                 // the whole group.
                 let group = child.id().map(ProcessGroupKill);
-                let stderr =
-                    stderr.map(|s| AbortOnDrop(tokio::spawn(log_stderr(self.name.clone(), s))));
+                let stderr = stderr.map(|s| {
+                    let (name, redactor) = (self.name.clone(), self.redactor.clone());
+                    AbortOnDrop(tokio::spawn(log_stderr(name, redactor, s)))
+                });
                 let running = handler
                     .serve(child)
                     .await
@@ -605,8 +614,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Logs a child's stderr line by line (lines cut at [`MAX_STDERR_LINE`]).
-async fn log_stderr(server: Arc<str>, stderr: tokio::process::ChildStderr) {
+/// Logs a child's stderr line by line (lines cut at [`MAX_STDERR_LINE`]),
+/// the configured secrets scrubbed (a child may print its environment).
+async fn log_stderr(server: Arc<str>, redactor: Redactor, stderr: tokio::process::ChildStderr) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     loop {
@@ -618,7 +628,7 @@ async fn log_stderr(server: Arc<str>, stderr: tokio::process::ChildStderr) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
+                let text = redactor.clean(&String::from_utf8_lossy(&line));
                 let text = text.trim_end();
                 if !text.is_empty() {
                     tracing::info!(target: "mcp::stderr", server = %server, "{text}");

@@ -7,75 +7,32 @@
 //! A missing server fails these tests with a message naming
 //! `tests/setup.sh`; nothing is skipped.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{JobContext, Tool, ToolContext, ToolOutput, ToolProvider, Userdata};
+use e2e_tests::{free_port, init_logging, mcp_everything, scratch};
 use mcp::{McpError, McpServer, McpServerConfig, McpStatus};
 use serde_json::{Value, json};
 
-/// The version `tests/setup.sh` installs.
-const EVERYTHING_VERSION: &str = "2026.8.31";
 /// How long a (re)connection may take in these tests.
 const READY: Duration = Duration::from_secs(30);
 /// What "promptly" means for a failing call.
 const PROMPT: Duration = Duration::from_secs(3);
 
-/// Where `tests/setup.sh` caches what the tests need (as tests/src/lib.rs).
-fn cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("VOICE_AGENT_TEST_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/voice-agent-test")
-}
-
-/// server-everything's `dist/index.js`; panics naming `tests/setup.sh` if it
-/// is not installed.
+/// server-everything's `dist/index.js`; panics naming `tests/setup.sh` if
+/// that version is not installed.
 fn everything() -> String {
-    let dir = cache_dir().join("npm/node_modules/@modelcontextprotocol/server-everything");
-    let index = dir.join("dist/index.js");
-    let package = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
-    let version = serde_json::from_str::<Value>(&package)
-        .ok()
-        .and_then(|p| p["version"].as_str().map(str::to_string));
-    if !index.is_file() || version.as_deref() != Some(EVERYTHING_VERSION) {
-        panic!(
-            "@modelcontextprotocol/server-everything@{EVERYTHING_VERSION} not found in {} \
-             (found version {version:?}): run `tests/setup.sh` first",
-            dir.display()
-        );
+    match mcp_everything() {
+        Ok(index) => index.display().to_string(),
+        Err(e) => panic!("{e}"),
     }
-    index.display().to_string()
-}
-
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }
 
 fn ctx() -> ToolContext {
     ToolContext::standalone(JobContext::default(), Userdata::default())
-}
-
-/// A fresh directory for one test's files.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mcp-test-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn names(server: &McpServer) -> Vec<String> {
@@ -313,7 +270,7 @@ async fn stdio_lists_filters_and_calls_tools() {
 #[tokio::test]
 async fn http_lists_filters_and_calls_tools() {
     init_logging();
-    let port = free_port();
+    let port = free_port(false).expect("a free port");
     let http = HttpServer::spawn(port).await;
     let all = ready(&McpServerConfig::http("remote", url(port))).await;
     assert!(names(&all).len() >= 5, "{:?}", names(&all));
@@ -388,7 +345,7 @@ async fn stdio_server_missing_at_start_appears_once_installed() {
 #[tokio::test]
 async fn http_server_missing_at_start_appears_once_started() {
     init_logging();
-    let port = free_port();
+    let port = free_port(false).expect("a free port");
     let server =
         McpServer::start(&McpServerConfig::http("later", url(port))).expect("valid config");
     let not_ready = server.wait_ready(Duration::from_millis(700)).await;
@@ -465,7 +422,7 @@ async fn stdio_server_killed_mid_session_is_restarted() {
 #[tokio::test]
 async fn http_server_killed_mid_session_is_reconnected() {
     init_logging();
-    let port = free_port();
+    let port = free_port(false).expect("a free port");
     let http = HttpServer::spawn(port).await;
     let server = ready(&McpServerConfig::http("flaky", url(port))).await;
     let get_sum = tool(&server, "get-sum");

@@ -5,11 +5,11 @@
 //! for this thread sees every task.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e_tests::mcp_everything;
 use mcp::{McpServer, McpServerConfig};
 use serde_json::json;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -43,20 +43,13 @@ impl Capture {
     }
 }
 
+/// server-everything's `dist/index.js`; panics naming `tests/setup.sh` if
+/// that version is not installed.
 fn everything() -> String {
-    let cache = match std::env::var("VOICE_AGENT_TEST_CACHE") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".cache/voice-agent-test"),
-    };
-    let index =
-        cache.join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        index.is_file(),
-        "{} not found: run `tests/setup.sh` first",
-        index.display()
-    );
-    index.display().to_string()
+    match mcp_everything() {
+        Ok(index) => index.display().to_string(),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

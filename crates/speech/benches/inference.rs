@@ -24,14 +24,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/gateway/mod.rs"]
-mod gateway;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput, Tts, TtsInput};
-use gateway::{Gateway, KEY, SECRET};
+use e2e_tests::inference::speech::{Gateway, livekit_env};
 use speech::{
     InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts, InferenceTtsOptions,
 };
@@ -39,14 +37,6 @@ use speech::{
 const WARMUP: usize = 30;
 const STT_ITERATIONS: usize = 1000;
 const TTS_ITERATIONS: usize = 500;
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "LIVEKIT_API_KEY" => Some(KEY.into()),
-        "LIVEKIT_API_SECRET" => Some(SECRET.into()),
-        _ => None,
-    }
-}
 
 fn options(gw: &Gateway) -> InferenceOptions {
     InferenceOptions {
@@ -84,7 +74,7 @@ async fn bench_stt() {
             common: options(&gw),
             ..InferenceSttOptions::default()
         },
-        &env,
+        &livekit_env,
     )
     .expect("stt");
     let mut s = stt.stream(&JobContext::default()).await.expect("stream");
@@ -139,7 +129,7 @@ async fn bench_tts() {
             common: options(&gw),
             ..InferenceTtsOptions::default()
         },
-        &env,
+        &livekit_env,
     )
     .expect("tts");
     let mut first = Vec::new();

@@ -4,12 +4,11 @@
 //! once. Run: `cargo bench -p speech --bench whisper -j2` (needs the model
 //! cache filled by `voice-agent download-files`, and espeak-ng).
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput};
+use e2e_tests::espeak_pcm;
 use speech::ModelCache;
 use speech::whisper::{WhisperModel, WhisperOptions, WhisperStt, Window};
 
@@ -17,50 +16,13 @@ const RATE: usize = 16_000;
 const FRAME: usize = 320;
 const SENTENCE: &str = "Please book a table for two at seven tonight.";
 
-fn read_wav(path: &Path) -> Result<(Vec<i16>, u32), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let mut pos = 12;
-    let mut rate = 0;
-    while pos + 8 <= bytes.len() {
-        let len = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]) as usize;
-        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
-        match &bytes[pos..pos + 4] {
-            b"fmt " if body.len() >= 8 => {
-                rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]])
-            }
-            b"data" => {
-                let s = body
-                    .chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                return Ok((s, rate));
-            }
-            _ => {}
-        }
-        pos += 8 + len + (len & 1);
-    }
-    Err("no data chunk".into())
-}
-
 fn espeak(text: &str) -> Result<Vec<i16>, String> {
-    let wav = std::env::temp_dir().join(format!("whisper-bench-{}.wav", std::process::id()));
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "160", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .map_err(|e| format!("espeak-ng: {e} (apt-get install espeak-ng)"))?;
-    if !status.success() {
-        return Err("espeak-ng failed".into());
-    }
-    let (samples, rate) = read_wav(&wav)?;
-    let _ = std::fs::remove_file(&wav);
-    let frame = Resampler::new(rate, RATE as u32).process(&AudioFrame::new(samples, rate, 1));
+    let pcm = espeak_pcm(text, &["-v", "en-us", "-s", "160"]).map_err(|e| e.to_string())?;
+    let frame = Resampler::new(pcm.sample_rate, RATE as u32).process(&AudioFrame::new(
+        pcm.samples,
+        pcm.sample_rate,
+        1,
+    ));
     Ok(frame.samples.to_vec())
 }
 

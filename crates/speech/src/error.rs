@@ -33,6 +33,14 @@ pub enum SpeechError {
     /// A cloud engine has no credentials. Names the variables, never values.
     #[error("missing credentials for {service}: set {vars}")]
     MissingCredentials { service: &'static str, vars: String },
+    /// The credentials found cannot sign a LiveKit Inference token (the
+    /// secret is never shown).
+    #[error("LiveKit Inference: {0}")]
+    Token(#[from] livekit_plumbing::TokenError),
+    /// The LiveKit Inference base URL (options or `LIVEKIT_INFERENCE_URL`)
+    /// cannot be used.
+    #[error("invalid LiveKit Inference base URL: {0}")]
+    Url(#[from] livekit_plumbing::UrlError),
     /// A cloud service refused our credentials (HTTP 401/403 at the
     /// websocket upgrade, or an error event saying so).
     #[error("{service}: authentication failed (HTTP {status}): {message}")]
@@ -88,7 +96,9 @@ impl From<SpeechError> for StageError {
             | SpeechError::Config(_)
             | SpeechError::Download { .. } => ErrorKind::Config,
             SpeechError::Io { .. } | SpeechError::Engine { .. } => ErrorKind::Engine,
-            SpeechError::MissingCredentials { .. } => ErrorKind::Config,
+            SpeechError::MissingCredentials { .. }
+            | SpeechError::Token(_)
+            | SpeechError::Url(_) => ErrorKind::Config,
             SpeechError::Auth { .. } => ErrorKind::Auth,
             SpeechError::RateLimit { .. } => ErrorKind::RateLimit,
             SpeechError::BadRequest { .. } => ErrorKind::BadRequest,

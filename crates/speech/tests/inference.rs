@@ -1,13 +1,13 @@
 //! LiveKit Inference STT and TTS against a local stand-in of the gateway
-//! (`gateway/`): the wire protocol as the gateway checks it, the failures
-//! real services have (refused upgrade, `error` event, dropped connection,
-//! stall), reconnects that keep the turn, the TTS pool, interruption, and
-//! fallback to the local engines (whisper, Piper) without losing the turn.
+//! (`e2e_tests::inference::speech`): the wire protocol as the gateway checks
+//! it, the failures real services have (refused upgrade, `error` event,
+//! dropped connection, stall), reconnects that keep the turn, the TTS pool,
+//! interruption, and fallback to the local engines (whisper, Piper) without
+//! losing the turn.
 //! The fallback tests need feature `local` (the default); the rest runs
 //! without it.
 
 mod common;
-mod gateway;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use agent::{
     AudioFrame, ErrorKind, JobContext, Resampler, Stt, SttEvent, SttInput, SttStream, Tts,
     TtsAudio, TtsInput,
 };
-use gateway::{Fault, Gateway, KEY, Plan, SECRET, Synth};
+use e2e_tests::inference::speech::{Fault, Gateway, KEY, Plan, SECRET, Synth, livekit_env};
 #[cfg(feature = "local")]
 use speech::whisper::WhisperStt;
 #[cfg(feature = "local")]
@@ -24,14 +24,6 @@ use speech::{FallbackStt, FallbackTts, ModelFile, PiperTts};
 use speech::{
     InferenceOptions, InferenceStt, InferenceSttOptions, InferenceTts, InferenceTtsOptions,
 };
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "LIVEKIT_API_KEY" => Some(KEY.into()),
-        "LIVEKIT_API_SECRET" => Some(SECRET.into()),
-        _ => None,
-    }
-}
 
 fn common_options(gw: &Gateway) -> InferenceOptions {
     InferenceOptions {
@@ -53,7 +45,7 @@ fn stt(gw: &Gateway) -> InferenceStt {
                 .unwrap(),
             common: common_options(gw),
         },
-        &env,
+        &livekit_env,
     )
     .expect("stt")
 }
@@ -69,7 +61,7 @@ fn tts_options(gw: &Gateway) -> InferenceTtsOptions {
 }
 
 fn tts(gw: &Gateway) -> InferenceTts {
-    InferenceTts::new(tts_options(gw), &env).expect("tts")
+    InferenceTts::new(tts_options(gw), &livekit_env).expect("tts")
 }
 
 /// espeak-ng speech of the text at the declared 24 kHz (cached per text).
@@ -698,7 +690,7 @@ async fn tts_pools_connections_across_replies_and_refreshes_old_ones() {
             max_session: Duration::from_millis(1500),
             ..tts_options(&gw)
         },
-        &env,
+        &livekit_env,
     )
     .unwrap();
     let (a, _) = speak(&tts, &[REPLY[0]]).await;

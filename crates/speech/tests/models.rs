@@ -9,7 +9,7 @@ use speech::{ModelCache, ModelFile};
 
 #[test]
 fn missing_file_error_names_the_download_command() {
-    let dir = common::scratch("missing");
+    let dir = e2e_tests::scratch("missing");
     let cache = ModelCache::new(dir.clone());
     for f in ModelFile::ALL {
         let err = cache.file(f).expect_err("empty cache has no files");
@@ -66,7 +66,7 @@ fn download_is_idempotent() {
 /// and leaves nothing half-written in the cache.
 #[test]
 fn unreachable_index_fails_clearly() {
-    let dir = common::scratch("offline");
+    let dir = e2e_tests::scratch("offline");
     let cache = ModelCache::new(dir.clone()).with_index_url("http://127.0.0.1:9/simple");
     let mut lines = Vec::new();
     let err = cache

@@ -6,12 +6,11 @@
 //! missing these tests fail with the cache's message, they do not skip.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agent::{AudioFrame, JobContext, Resampler, Stt, SttEvent, SttInput, Transcript};
+use e2e_tests::{espeak_pcm, scratch};
 use speech::whisper::ct2::{Ct2Dtype, Ct2Model, Ct2Variable};
 use speech::whisper::tokenizer::Tokenizer;
 use speech::whisper::{DecodeLimiter, WhisperModel, WhisperOptions, WhisperStt};
@@ -46,55 +45,11 @@ fn model() -> Arc<WhisperModel> {
         .clone()
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("speech-whisper-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Reads a 16-bit PCM mono WAV: (samples, rate).
-fn read_wav(path: &Path) -> (Vec<i16>, u32) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[0..4], b"RIFF");
-    let mut pos = 12;
-    let mut rate = 0;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
-        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
-        if id == b"fmt " {
-            assert_eq!(u16::from_le_bytes([body[2], body[3]]), 1, "mono");
-            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
-        } else if id == b"data" {
-            let samples = body
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            return (samples, rate);
-        }
-        pos += 8 + len + (len & 1);
-    }
-    panic!("no data chunk in {}", path.display());
-}
-
 /// Speech for `text` from espeak-ng, mono 16 kHz.
 fn espeak(text: &str) -> Vec<i16> {
-    let dir = scratch_dir("espeak");
-    let wav = dir.join(format!(
-        "{:x}.wav",
-        text.len() * 7919 + text.as_bytes()[0] as usize
-    ));
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "160", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .expect("espeak-ng must be installed (Debian package espeak-ng)");
-    assert!(status.success());
-    let (samples, rate) = read_wav(&wav);
-    let _ = std::fs::remove_file(&wav);
-    let mut resampler = Resampler::new(rate, 16_000);
-    let frame = resampler.process(&AudioFrame::new(samples, rate, 1));
+    let pcm = espeak_pcm(text, &["-v", "en-us", "-s", "160"]).unwrap_or_else(|e| panic!("{e}"));
+    let mut resampler = Resampler::new(pcm.sample_rate, 16_000);
+    let frame = resampler.process(&AudioFrame::new(pcm.samples, pcm.sample_rate, 1));
     frame.samples.to_vec()
 }
 
@@ -223,7 +178,7 @@ fn tiny_ct2() -> Ct2Model {
 
 #[test]
 fn ct2_reader_reads_a_synthetic_file() {
-    let dir = scratch_dir("ct2");
+    let dir = scratch("ct2");
     let path = dir.join("model.bin");
     let model = tiny_ct2();
     std::fs::write(&path, model.to_bytes()).unwrap();
@@ -246,7 +201,7 @@ fn ct2_reader_reads_a_synthetic_file() {
 
 #[test]
 fn malformed_model_files_are_typed_errors() {
-    let dir = scratch_dir("bad");
+    let dir = scratch("bad");
     let (bin, tok, cfg) = (
         dir.join("model.bin"),
         dir.join("tokenizer.json"),

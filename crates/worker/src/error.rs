@@ -5,10 +5,10 @@
 pub enum WorkerError {
     /// The server URL cannot be used.
     #[error("invalid server URL: {0}")]
-    InvalidUrl(String),
+    InvalidUrl(#[from] livekit_plumbing::UrlError),
     /// The API key or secret cannot sign a token (the secret is never shown).
     #[error("cannot mint the worker token: {0}")]
-    Token(String),
+    Token(#[from] livekit_plumbing::TokenError),
     /// The `/agent` WebSocket could not be opened.
     #[error("cannot connect to the agent endpoint: {0}")]
     Connect(String),

@@ -16,7 +16,6 @@
 //! Transcriptions go out as `lk.transcription` text streams; the agent state
 //! is kept in our `lk.agent.state` attribute.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -34,10 +33,8 @@ use tokio::task::JoinHandle;
 use crate::error::JobError;
 use crate::metrics::Metrics;
 
-/// The text-stream topic of transcriptions.
-pub const TRANSCRIPTION_TOPIC: &str = "lk.transcription";
-/// Our participant attribute holding the agent state.
-pub const AGENT_STATE_ATTRIBUTE: &str = "lk.agent.state";
+pub use crate::room_writer::{AGENT_STATE_ATTRIBUTE, TRANSCRIPTION_TOPIC};
+use crate::room_writer::{RoomWriter, Transcription, state_attr};
 
 /// Rate at which the user's audio is decoded for the session.
 const INPUT_RATE: u32 = 16_000;
@@ -207,7 +204,7 @@ pub async fn run(
             session::start(stages, session_options, AudioIo { input, output });
         metrics.session_started();
         let mut bridge = Bridge {
-            room: room.clone(),
+            writer: RoomWriter::start(room.clone(), job.job_id.clone()),
             job_id: job.job_id.clone(),
             agent_track_sid: track.sid().to_owned(),
             user: user.identity.clone(),
@@ -225,12 +222,15 @@ pub async fn run(
         }
         let mut handle = Some(handle);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        // Requests to the session (enter, drain) wait on its command queue
+        // here, not in the loop; the set aborts them when the job ends.
+        let mut requests = tokio::task::JoinSet::new();
         let outcome = loop {
             tokio::select! {
                 ended = &mut session_task => {
                     // Forward what the session said last (its final transcript).
                     while let Ok(event) = events.try_recv() {
-                        bridge.session_event(event).await;
+                        bridge.session_event(event);
                     }
                     break match ended {
                         Ok(()) => Ok(()),
@@ -238,7 +238,8 @@ pub async fn run(
                         Err(_) => Ok(()),
                     };
                 }
-                Some(event) = events.recv() => bridge.session_event(event).await,
+                Some(event) = events.recv() => bridge.session_event(event),
+                Some(_) = requests.join_next(), if !requests.is_empty() => {}
                 event = room_events.recv() => match event {
                     None | Some(RoomEvent::Disconnected(_)) => break Err(JobError::RoomLost),
                     Some(RoomEvent::ParticipantLeft(p)) => {
@@ -256,8 +257,8 @@ pub async fn run(
                 },
                 _ = sleep_until(enter_at) => {
                     enter_at = None;
-                    if let Some(h) = &handle {
-                        let _ = h.enter().await;
+                    if let Some(h) = handle.clone() {
+                        requests.spawn(async move { let _ = h.enter().await; });
                     }
                 }
                 changed = stop.changed() => {
@@ -268,7 +269,7 @@ pub async fn run(
                         Stop::Drain => {
                             if let Some(h) = handle.take() {
                                 // Resolves when the reply is over; the session task then ends.
-                                tokio::spawn(async move { let _ = h.drain().await; });
+                                requests.spawn(async move { let _ = h.drain().await; });
                             }
                             drain_deadline.get_or_insert(tokio::time::Instant::now() + options.drain_timeout);
                         }
@@ -279,7 +280,10 @@ pub async fn run(
         };
         drop(input_pump);
         drop(handle);
+        drop(requests);
         session_task.abort();
+        // What the session said last reaches the room before we leave.
+        bridge.writer.finish(Duration::from_secs(2)).await;
         // Let the last audio leave before leaving the room (bounded).
         if outcome.is_ok() {
             let wait = track.queued_duration().min(Duration::from_secs(2));
@@ -403,13 +407,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn state_attr(state: agent::AgentState) -> HashMap<String, String> {
-    [(AGENT_STATE_ATTRIBUTE.to_owned(), state.as_str().to_owned())].into()
-}
-
-/// Turns session events into room traffic.
+/// Turns session events into room writes (queued; see [`RoomWriter`]).
 struct Bridge {
-    room: rtc::Room,
+    writer: RoomWriter,
     job_id: String,
     agent_track_sid: String,
     /// The linked user's identity.
@@ -448,17 +448,18 @@ impl Bridge {
         true
     }
 
-    async fn session_event(&mut self, event: SessionEvent) {
+    fn session_event(&mut self, event: SessionEvent) {
         match event {
-            SessionEvent::AgentState(s) => {
-                if let Err(e) = self.room.set_attributes(state_attr(s)).await {
-                    tracing::warn!(job = %self.job_id, error = %e, "cannot set the agent state");
-                }
-            }
+            SessionEvent::AgentState(s) => self.writer.set_state(s),
             SessionEvent::UserTranscript { text, is_final } => {
                 let segment = format!("SG_{}_user_{}", self.job_id, self.user_segment);
-                let track = self.user_track_sid.clone();
-                self.transcription(&text, &segment, &track, is_final).await;
+                let track_sid = self.user_track_sid.clone();
+                self.writer.transcription(Transcription {
+                    text,
+                    segment,
+                    track_sid,
+                    is_final,
+                });
                 if is_final {
                     self.user_segment += 1;
                 }
@@ -467,10 +468,12 @@ impl Bridge {
                 self.agent_text.push_str(&delta);
                 // Interim agent transcription at each sentence end.
                 if delta.contains(['.', '!', '?']) {
-                    let segment = format!("SG_{}_agent_{reply}", self.job_id);
-                    let text = self.agent_text.clone();
-                    let track = self.agent_track_sid.clone();
-                    self.transcription(&text, &segment, &track, false).await;
+                    self.writer.transcription(Transcription {
+                        text: self.agent_text.clone(),
+                        segment: format!("SG_{}_agent_{reply}", self.job_id),
+                        track_sid: self.agent_track_sid.clone(),
+                        is_final: false,
+                    });
                 }
             }
             SessionEvent::AgentSpoke {
@@ -479,10 +482,13 @@ impl Bridge {
                 interrupted,
             } => {
                 self.agent_text.clear();
-                let segment = format!("SG_{}_agent_{reply}", self.job_id);
-                let track = self.agent_track_sid.clone();
                 tracing::info!(job = %self.job_id, reply, interrupted, "agent spoke");
-                self.transcription(&text, &segment, &track, true).await;
+                self.writer.transcription(Transcription {
+                    text,
+                    segment: format!("SG_{}_agent_{reply}", self.job_id),
+                    track_sid: self.agent_track_sid.clone(),
+                    is_final: true,
+                });
             }
             SessionEvent::Metrics(m) => {
                 tracing::info!(
@@ -504,25 +510,6 @@ impl Bridge {
                 }
             }
             _ => {}
-        }
-    }
-
-    async fn transcription(&self, text: &str, segment: &str, track_sid: &str, is_final: bool) {
-        if text.is_empty() {
-            return;
-        }
-        let attributes: HashMap<String, String> = [
-            ("lk.segment_id".to_owned(), segment.to_owned()),
-            ("lk.transcribed_track_id".to_owned(), track_sid.to_owned()),
-            ("lk.transcription_final".to_owned(), is_final.to_string()),
-        ]
-        .into();
-        if let Err(e) = self
-            .room
-            .send_text(TRANSCRIPTION_TOPIC, text, attributes, &[])
-            .await
-        {
-            tracing::warn!(job = %self.job_id, error = %e, "cannot send a transcription");
         }
     }
 }

@@ -33,11 +33,12 @@
 //! |---|---|
 //! | `protocol.rs` | the worker protocol as a pure state machine (register, availability, assignment, status) |
 //! | `worker.rs` | the loop around it: socket, reconnect, jobs, load ticks, drain |
-//! | `conn.rs` | the `/agent` URL, tokens, framing, the backoff (pure) |
-//! | `job.rs` | one job: room ↔ session (audio both ways, transcriptions, agent state) |
+//! | `conn.rs` | the `/agent` URL, the room token, framing, the reconnect schedule (URL building, tokens and the backoff function are `livekit-plumbing`'s) |
+//! | `job.rs` | one job: link the user, run the entrypoint, room ↔ session (audio both ways, events) |
+//! | `room_writer.rs` | the job's room writes (agent state, transcriptions) on their own task |
 //! | `load.rs` | CPU moving average |
-//! | `metrics.rs` | counters and histograms, Prometheus text |
-//! | `http.rs` | `GET /` health and `GET /metrics` |
+//! | `metrics.rs` | counters, gauges and histograms in a `prometheus-client` registry, OpenMetrics text |
+//! | `http.rs` | `GET /` health and `GET /metrics`, served by hyper (connection cap, timeouts) |
 //! | `error.rs` | [`WorkerError`], [`JobError`] |
 //!
 //! ## Known limits
@@ -54,13 +55,16 @@ pub mod job;
 mod load;
 mod metrics;
 pub mod protocol;
+mod room_writer;
 mod worker;
 
-pub use conn::{agent_url, backoff, room_token, worker_token};
+pub use conn::{agent_url, room_token};
 pub use error::{JobError, WorkerError};
 pub use job::{
     BoxError, Entrypoint, JobOptions, RoomJob, SessionFactory, Stop, entrypoint, fixed, links_to,
 };
+/// The type of [`WorkerOptions::api_secret`].
+pub use livekit_plumbing::Secret;
 pub use load::{CpuSampler, LoadAverage};
 pub use metrics::Metrics;
 pub use worker::{WorkerOptions, run};

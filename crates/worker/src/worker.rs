@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use livekit_plumbing::{ApiCredentials, Secret};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,8 +38,8 @@ pub struct WorkerOptions {
     /// The LiveKit server (`ws(s)://` or `http(s)://`).
     pub url: String,
     pub api_key: String,
-    /// Never logged nor shown by `Debug`.
-    pub api_secret: String,
+    /// Never logged nor shown by `Debug` (a [`Secret`]).
+    pub api_secret: Secret,
     /// Empty: automatic dispatch to every new room.
     pub agent_name: String,
     pub max_jobs: usize,
@@ -56,7 +57,7 @@ impl std::fmt::Debug for WorkerOptions {
         f.debug_struct("WorkerOptions")
             .field("url", &self.url)
             .field("api_key", &self.api_key)
-            .field("api_secret", &"<redacted>")
+            .field("api_secret", &self.api_secret)
             .field("agent_name", &self.agent_name)
             .field("max_jobs", &self.max_jobs)
             .field("load_threshold", &self.load_threshold)
@@ -66,12 +67,25 @@ impl std::fmt::Debug for WorkerOptions {
     }
 }
 
+impl WorkerOptions {
+    fn credentials(&self) -> ApiCredentials {
+        ApiCredentials::new(self.api_key.as_str(), self.api_secret.clone())
+    }
+}
+
 /// Bound on opening the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Worker tokens live this long; a fresh one is minted per connection.
 const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 /// After the drain timeout, how long stopped jobs get to leave their rooms.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+/// The wait before reconnect attempt `*attempt` (counted here).
+fn next_backoff(attempt: &mut u32) -> Duration {
+    let delay = conn::RECONNECT.delay_jittered(*attempt);
+    *attempt = attempt.saturating_add(1);
+    delay
+}
 
 type Connecting = Pin<Box<dyn Future<Output = Result<(WsSink, WsStream), WorkerError>> + Send>>;
 
@@ -86,7 +100,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let url = conn::agent_url(&options.url)?;
     // Fail fast on a key that cannot sign.
-    conn::worker_token(&options.api_key, &options.api_secret, TOKEN_TTL)?;
+    options.credentials().worker_token(TOKEN_TTL)?;
     let (http_stop, http_task) = match options.http_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -218,7 +232,7 @@ impl Loop {
                 }
                 _ = sleep_until(next_connect), if connecting.is_none() && self.sink.is_none() => {
                     next_connect = None;
-                    let token = conn::worker_token(&options.api_key, &options.api_secret, TOKEN_TTL)?;
+                    let token = options.credentials().worker_token(TOKEN_TTL)?;
                     let url = url.to_owned();
                     connecting = Some(Box::pin(async move {
                         tokio::time::timeout(CONNECT_TIMEOUT, conn::connect(&url, &token))
@@ -242,8 +256,7 @@ impl Loop {
                         }
                         Err(e @ WorkerError::Refused { status: 401 | 403 }) if connections == 0 => return Err(e),
                         Err(e) => {
-                            let delay = conn::backoff(attempt, rand::random_range(0.5..1.5));
-                            attempt = attempt.saturating_add(1);
+                            let delay = next_backoff(&mut attempt);
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the server");
                             next_connect = Some(Instant::now() + delay);
                         }
@@ -255,8 +268,7 @@ impl Loop {
                         tracing::warn!(error = %e, running = self.machine.running_jobs(), "agent connection lost; sessions keep running");
                         self.lost();
                         if !draining {
-                            let delay = conn::backoff(attempt, rand::random_range(0.5..1.5));
-                            attempt = attempt.saturating_add(1);
+                            let delay = next_backoff(&mut attempt);
                             next_connect = Some(Instant::now() + delay);
                         }
                     }
@@ -296,8 +308,7 @@ impl Loop {
             // Lost while carrying out (a failed send, a registration never
             // answered): connect again.
             if self.sink.is_none() && connecting.is_none() && next_connect.is_none() && !draining {
-                let delay = conn::backoff(attempt, rand::random_range(0.5..1.5));
-                attempt = attempt.saturating_add(1);
+                let delay = next_backoff(&mut attempt);
                 next_connect = Some(Instant::now() + delay);
             }
         }
@@ -371,5 +382,46 @@ impl Loop {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_debug_hides_the_secret() {
+        let options = WorkerOptions {
+            url: "ws://127.0.0.1:7880".into(),
+            api_key: "devkey".into(),
+            api_secret: "a-very-secret-value".into(),
+            agent_name: String::new(),
+            max_jobs: 1,
+            load_threshold: 0.7,
+            drain_timeout: Duration::from_secs(1),
+            http_addr: None,
+            report_interval: Duration::from_secs(1),
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("a-very-secret-value"), "{shown}");
+        assert!(shown.contains("api_secret: [redacted]"), "{shown}");
+        assert_eq!(
+            options.credentials().api_secret().expose(),
+            "a-very-secret-value"
+        );
+    }
+
+    #[test]
+    fn each_backoff_counts_an_attempt_and_grows() {
+        let mut attempt = 0;
+        let first = next_backoff(&mut attempt);
+        assert_eq!(attempt, 1);
+        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+        for _ in 0..20 {
+            next_backoff(&mut attempt);
+        }
+        let late = next_backoff(&mut attempt);
+        assert_eq!(attempt, 22);
+        assert!(late >= Duration::from_secs(15) && late <= Duration::from_secs(30));
     }
 }

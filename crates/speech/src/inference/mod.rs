@@ -2,29 +2,34 @@
 //! websockets, with the same credentials and base URL as the LLM.
 //!
 //! # Layout
-//! - this file: [`InferenceOptions`] (base URL, identity, timeouts),
-//!   credentials (`Secret`, env lookup), the per-connection HS256 JWT, and
+//! - this file: [`InferenceOptions`] (base URL, identity, timeouts), the
+//!   endpoint and credentials of a client, the per-connection HS256 JWT, and
 //!   `connect` (the websocket upgrade, its errors mapped onto [`SpeechError`]).
+//!   Secrets, the environment's variables, the token and the URL building are
+//!   `livekit-plumbing`'s, shared with `kimi`.
 //! - [`stt`]: [`InferenceStt`]: `/stt?model=M`, one connection per session
 //!   kept across turns, transparent reconnect that replays the turn's audio.
 //! - [`tts`]: [`InferenceTts`]: `/tts?model=M`, a pool of connections across
 //!   replies, refreshed after [`TTS_MAX_SESSION`].
 //!
 //! # Secrets
-//! Keys live in `Secret`, whose `Debug` is `[redacted]` and which has no
-//! `Display`. Text that comes from a server (HTTP bodies at the upgrade,
-//! `error` events) goes through `Redactor::clean` before it can reach an
-//! error or a log line.
+//! Keys live in `livekit_plumbing::Secret`, whose `Debug` is `[redacted]` and
+//! which has no `Display`. Text that comes from a server (HTTP bodies at the
+//! upgrade, `error` events, transport errors) goes through the credentials'
+//! redactor — key, secret and any JWT removed, then cut to 300 characters —
+//! before it can reach an error or a log line.
 
 pub mod stt;
 pub mod tts;
 
-use std::fmt;
 use std::time::Duration;
 
 use agent::JobContext;
 use futures::{SinkExt, StreamExt};
-use livekit_token::{AccessToken, InferenceGrants};
+use livekit_plumbing::{
+    ApiCredentials, INFERENCE_TOKEN_TTL, Redactor, Scheme, Secret, inference_base_url, service_url,
+    set_query,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -38,9 +43,9 @@ pub use tts::{InferenceTts, InferenceTtsOptions, TTS_MAX_SESSION};
 
 /// The gateway used when neither `base_url` nor `LIVEKIT_INFERENCE_URL` is set
 /// (the same default as the LLM's).
-pub const DEFAULT_URL: &str = "https://agent-gateway.livekit.cloud/v1";
+pub const DEFAULT_URL: &str = livekit_plumbing::DEFAULT_INFERENCE_URL;
 /// Lifetime of a connection's token: it is checked at the upgrade only.
-pub const TOKEN_TTL: Duration = Duration::from_secs(600);
+pub const TOKEN_TTL: Duration = INFERENCE_TOKEN_TTL;
 
 /// What both clients share: where the gateway is, who we are, how long we wait.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,33 +77,17 @@ impl Default for InferenceOptions {
     }
 }
 
-/// A string that must never be shown: `Debug` prints `[redacted]`, no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// The API key and secret tokens are signed with.
+/// The API key and secret tokens are signed with, the identity they name,
+/// and a redactor that knows both (for text a server sends back).
 #[derive(Clone, Debug)]
 pub(crate) struct Credentials {
-    api_key: Secret,
-    api_secret: Secret,
+    api: ApiCredentials,
     identity: String,
+    redactor: Redactor,
 }
 
-fn lookup(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
-    env(name).filter(|v| !v.trim().is_empty())
-}
+/// Most of a server's text kept in an error.
+const MAX_SERVER_TEXT: usize = 300;
 
 impl Credentials {
     /// `LIVEKIT_INFERENCE_API_KEY`/`_SECRET`, each falling back to
@@ -108,88 +97,52 @@ impl Credentials {
         identity: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, SpeechError> {
-        let key =
-            lookup(env, "LIVEKIT_INFERENCE_API_KEY").or_else(|| lookup(env, "LIVEKIT_API_KEY"));
-        let secret = lookup(env, "LIVEKIT_INFERENCE_API_SECRET")
-            .or_else(|| lookup(env, "LIVEKIT_API_SECRET"));
-        match (key, secret) {
-            (Some(key), Some(secret)) => Ok(Self {
-                api_key: Secret(key),
-                api_secret: Secret(secret),
-                identity: identity.to_string(),
-            }),
-            _ => Err(SpeechError::MissingCredentials {
+        let api = ApiCredentials::inference_from_env(env).map_err(|missing| {
+            SpeechError::MissingCredentials {
                 service,
-                vars: "LIVEKIT_INFERENCE_API_KEY and LIVEKIT_INFERENCE_API_SECRET \
-                       (or LIVEKIT_API_KEY and LIVEKIT_API_SECRET)"
-                    .into(),
-            }),
-        }
+                vars: missing.vars,
+            }
+        })?;
+        Ok(Self {
+            redactor: api.redactor(),
+            api,
+            identity: identity.to_string(),
+        })
     }
 
     /// A fresh HS256 JWT: `iss` = key, `sub` = identity, `nbf` = now, `exp` =
     /// now + [`TOKEN_TTL`], `inference: {perform: true}`.
-    pub(crate) fn token(&self, service: &'static str) -> Result<Secret, SpeechError> {
-        AccessToken::with_api_key(self.api_key.expose(), self.api_secret.expose())
-            .with_identity(&self.identity)
-            .with_ttl(TOKEN_TTL)
-            .with_inference_grants(InferenceGrants::default().with_perform())
-            .to_jwt()
-            .map(Secret)
-            .map_err(|_| SpeechError::MissingCredentials {
-                service,
-                vars: "a LiveKit API key and secret that can sign a token".into(),
-            })
+    pub(crate) fn token(&self) -> Result<Secret, SpeechError> {
+        Ok(self.api.inference_token(&self.identity, TOKEN_TTL)?)
     }
 
-    /// Removes the key and secret from text a server sent.
+    /// Text a server sent, with the key, the secret and any JWT removed, then
+    /// cut to [`MAX_SERVER_TEXT`] characters (in that order: a secret
+    /// straddling the cut would otherwise leave its prefix).
     pub(crate) fn clean(&self, text: &str) -> String {
-        let mut out: String = text.chars().take(300).collect();
-        for s in [&self.api_key, &self.api_secret] {
-            if !s.expose().is_empty() {
-                out = out.replace(s.expose(), "[redacted]");
-            }
-        }
-        out
+        self.redactor.clean_truncated(text, MAX_SERVER_TEXT)
     }
 }
 
-/// Resolves the websocket base (`ws(s)://…/v1`) from the options, then
-/// `LIVEKIT_INFERENCE_URL`, then [`DEFAULT_URL`].
-pub(crate) fn ws_base(
-    base_url: Option<&str>,
+/// What a client connects to: the websocket URL of `path` (`stt`, `tts`)
+/// under the base from the options, then `LIVEKIT_INFERENCE_URL`, then
+/// [`DEFAULT_URL`] (`http(s)` turned into `ws(s)`), asking for `model`; and
+/// the credentials from `env`.
+pub(crate) fn endpoint(
+    service: &'static str,
+    common: &InferenceOptions,
+    path: &str,
+    model: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, SpeechError> {
-    let base = base_url
-        .map(str::to_string)
-        .or_else(|| lookup(env, "LIVEKIT_INFERENCE_URL"))
-        .unwrap_or_else(|| DEFAULT_URL.to_string());
-    let base = base.trim().trim_end_matches('/');
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if base.starts_with("wss://") || base.starts_with("ws://") {
-        base.to_string()
-    } else {
-        return Err(SpeechError::Config(format!(
-            "LiveKit Inference base URL {base:?} is not http(s) or ws(s)"
-        )));
-    };
-    Ok(ws)
-}
-
-/// Percent-encodes a query value, keeping what model ids use unescaped.
-pub(crate) fn query_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+) -> Result<(Credentials, String), SpeechError> {
+    if model.trim().is_empty() {
+        return Err(SpeechError::Config(format!("{service} needs a model")));
     }
-    out
+    let creds = Credentials::from_env(service, &common.identity, env)?;
+    let base = inference_base_url(common.base_url.as_deref(), env);
+    let mut url = service_url(&base, Scheme::WebSocket, path)?;
+    set_query(&mut url, [("model", model)]);
+    Ok((creds, url.into()))
 }
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -217,7 +170,7 @@ pub(crate) async fn connect(
     let mut request = url
         .into_client_request()
         .map_err(|e| SpeechError::Config(format!("{service}: bad URL: {e}")))?;
-    let token = creds.token(service)?;
+    let token = creds.token()?;
     let auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         .map_err(|_| SpeechError::Config(format!("{service}: the token is not a valid header")))?;
     let headers = request.headers_mut();
@@ -381,20 +334,52 @@ mod tests {
         }
     }
 
+    fn options(base_url: Option<&str>) -> InferenceOptions {
+        InferenceOptions {
+            base_url: base_url.map(str::to_string),
+            ..InferenceOptions::default()
+        }
+    }
+
+    const KEYS: &[(&str, &str)] = &[
+        ("LIVEKIT_API_KEY", "k-123"),
+        ("LIVEKIT_API_SECRET", "s-456"),
+    ];
+
     #[test]
-    fn base_url_prefers_options_then_env_then_default() {
-        let e = env(&[("LIVEKIT_INFERENCE_URL", "http://127.0.0.1:9/v1/")]);
-        assert_eq!(ws_base(None, &e).unwrap(), "ws://127.0.0.1:9/v1");
+    fn endpoint_prefers_options_then_env_then_default() {
+        let e = env(&[
+            ("LIVEKIT_INFERENCE_URL", "http://127.0.0.1:9/v1/"),
+            ("LIVEKIT_API_KEY", "k-123"),
+            ("LIVEKIT_API_SECRET", "s-456"),
+        ]);
+        let url = |o: &InferenceOptions, env: &dyn Fn(&str) -> Option<String>| {
+            endpoint("stt", o, "stt", "deepgram/nova-3", env).map(|(_, url)| url)
+        };
         assert_eq!(
-            ws_base(Some("https://gw.example/v1"), &e).unwrap(),
-            "wss://gw.example/v1"
+            url(&options(None), &e).unwrap(),
+            "ws://127.0.0.1:9/v1/stt?model=deepgram/nova-3"
         );
-        let none = env(&[]);
         assert_eq!(
-            ws_base(None, &none).unwrap(),
-            "wss://agent-gateway.livekit.cloud/v1"
+            url(&options(Some("https://gw.example/v1")), &e).unwrap(),
+            "wss://gw.example/v1/stt?model=deepgram/nova-3"
         );
-        assert!(ws_base(Some("ftp://x"), &none).is_err());
+        let keys_only = env(KEYS);
+        assert_eq!(
+            url(&options(None), &keys_only).unwrap(),
+            "wss://agent-gateway.livekit.cloud/v1/stt?model=deepgram/nova-3"
+        );
+        assert!(matches!(
+            url(&options(Some("ftp://x")), &keys_only),
+            Err(SpeechError::Url(_))
+        ));
+        // A model id with characters a query cannot hold is escaped.
+        let (_, odd) = endpoint("tts", &options(None), "tts", "a b&c", &keys_only).unwrap();
+        assert!(odd.ends_with("/tts?model=a%20b%26c"), "{odd}");
+        assert!(matches!(
+            endpoint("tts", &options(None), "tts", " ", &keys_only),
+            Err(SpeechError::Config(_))
+        ));
     }
 
     #[test]
@@ -404,7 +389,7 @@ mod tests {
             ("LIVEKIT_API_SECRET", "the-secret-value"),
         ]);
         let c = Credentials::from_env("stt", "agent", &e).unwrap();
-        assert_eq!(c.api_key.expose(), "ikey");
+        assert_eq!(c.api.api_key().expose(), "ikey");
         let shown = format!("{c:?}");
         assert!(
             !shown.contains("the-secret-value") && !shown.contains("ikey"),
@@ -421,6 +406,27 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_straddling_the_cut_leaves_no_prefix() {
+        const SECRET: &str = "the-secret-value-that-straddles";
+        let secret = SECRET;
+        let e = env(&[
+            ("LIVEKIT_API_KEY", "ikey-0000"),
+            ("LIVEKIT_API_SECRET", SECRET),
+        ]);
+        let c = Credentials::from_env("stt", "agent", &e).unwrap();
+        // The secret starts 10 characters before the 300-character cut.
+        let body = format!("{}{secret} trailing text", "x".repeat(MAX_SERVER_TEXT - 10));
+        let clean = c.clean(&body);
+        assert!(!clean.contains("the-secret"), "{clean}");
+        assert!(!clean.contains(&secret[..5]), "{clean}");
+        assert!(clean.chars().count() <= MAX_SERVER_TEXT + 1, "{clean}");
+        // An echoed token goes too.
+        let token = c.token().unwrap();
+        let echoed = c.clean(&format!("refused {}", token.expose()));
+        assert_eq!(echoed, "refused [redacted]");
+    }
+
+    #[test]
     fn statuses_map_to_kinds() {
         use agent::{ErrorKind, StageError};
         let kind = |s| StageError::from(status_error("x", s, String::new())).kind;
@@ -429,7 +435,5 @@ mod tests {
         assert_eq!(kind(429), ErrorKind::RateLimit);
         assert_eq!(kind(404), ErrorKind::BadRequest);
         assert_eq!(kind(503), ErrorKind::Server);
-        assert_eq!(query_escape("deepgram/nova-3"), "deepgram/nova-3");
-        assert_eq!(query_escape("a b&c"), "a%20b%26c");
     }
 }

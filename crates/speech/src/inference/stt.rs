@@ -40,14 +40,15 @@ use base64::Engine as _;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::{SplitSink, SplitStream};
+use livekit_plumbing::Backoff;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    Credentials, InferenceOptions, Ws, connect, error_event, is_retryable, query_escape, recv_json,
-    send_json, ws_base,
+    Credentials, InferenceOptions, Ws, connect, endpoint, error_event, is_retryable, recv_json,
+    send_json,
 };
 use crate::error::SpeechError;
 
@@ -63,8 +64,9 @@ const IDLE_HISTORY: u64 = SAMPLE_RATE as u64;
 /// Most audio kept for a replay, however long the user speaks without the
 /// VAD ending the utterance.
 const MAX_KEEP: u64 = SAMPLE_RATE as u64 * 60;
-/// First backoff after the immediate reconnect; doubles per failure.
-const BACKOFF: Duration = Duration::from_millis(200);
+/// The wait before the second reconnect in a row (the first is immediate):
+/// 200 ms doubling, capped at 5 s, with jitter.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// What to ask the gateway for.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,14 +110,7 @@ impl InferenceStt {
         options: InferenceSttOptions,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, SpeechError> {
-        if options.model.trim().is_empty() {
-            return Err(SpeechError::Config(
-                "LiveKit Inference STT needs a model".into(),
-            ));
-        }
-        let creds = Credentials::from_env(SERVICE, &options.common.identity, env)?;
-        let base = ws_base(options.common.base_url.as_deref(), env)?;
-        let url = format!("{base}/stt?model={}", query_escape(&options.model));
+        let (creds, url) = endpoint(SERVICE, &options.common, "stt", &options.model, env)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 options,
@@ -329,10 +324,9 @@ impl Task {
         if fatal || !sent {
             return false;
         }
-        let delay = if self.failures <= 1 {
-            Duration::ZERO
-        } else {
-            BACKOFF * 2u32.saturating_pow(self.failures - 2)
+        let delay = match self.failures.checked_sub(2) {
+            None => Duration::ZERO,
+            Some(retry) => RECONNECT.delay_jittered(retry),
         };
         self.reconnect_at = Some(Instant::now() + delay);
         true

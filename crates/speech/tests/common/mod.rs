@@ -1,11 +1,8 @@
-//! Helpers shared by the engine tests: the model cache, espeak-ng fixtures,
-//! WAV reading, resampling and simple signal measures. The model cache
-//! helpers exist with feature `local` only.
+//! Helpers shared by the engine tests: the model cache, espeak-ng fixtures
+//! resampled to 16 kHz, and simple signal measures. The model cache helpers
+//! exist with feature `local` only. Speech, WAV reading and scratch
+//! directories come from `e2e_tests`, shared with the other crates' tests.
 #![allow(dead_code)]
-
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(feature = "local")]
 use speech::{ModelCache, ModelFile};
@@ -30,30 +27,10 @@ pub fn require(files: &[ModelFile]) -> ModelCache {
     cache
 }
 
-/// A scratch directory unique to this test.
-pub fn scratch(name: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("speech-test-{}-{n}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
 /// Speech of `text` made by the `espeak-ng` binary: (samples, rate).
 pub fn espeak_speech(text: &str) -> (Vec<i16>, u32) {
-    let dir = scratch("espeak");
-    let wav = dir.join("speech.wav");
-    let status = Command::new("espeak-ng")
-        .arg("-w")
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .expect("run espeak-ng (Debian package espeak-ng)");
-    assert!(status.success(), "espeak-ng failed");
-    let bytes = std::fs::read(&wav).expect("read espeak-ng wav");
-    let _ = std::fs::remove_dir_all(&dir);
-    read_wav(&bytes)
+    let pcm = e2e_tests::espeak_pcm(text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    (pcm.samples, pcm.sample_rate)
 }
 
 /// Speech of `text` at 16 kHz, as f32 in [-1, 1].
@@ -74,39 +51,6 @@ pub fn to_16k_f32(pcm: &[i16], rate: u32) -> Vec<f32> {
         out
     };
     pcm.iter().map(|&s| s as f32 / 32768.0).collect()
-}
-
-/// Reads a 16-bit PCM mono WAV: (samples, rate).
-pub fn read_wav(bytes: &[u8]) -> (Vec<i16>, u32) {
-    assert!(bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE");
-    let mut pos = 12;
-    let mut rate = 0;
-    let mut channels = 1;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]) as usize;
-        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
-        if id == b"fmt " {
-            channels = u16::from_le_bytes([body[2], body[3]]);
-            rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-            let bits = u16::from_le_bytes([body[14], body[15]]);
-            assert_eq!(bits, 16, "16-bit WAV expected");
-        } else if id == b"data" {
-            let samples: Vec<i16> = body
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            assert_eq!(channels, 1, "mono WAV expected");
-            return (samples, rate);
-        }
-        pos += 8 + len + (len & 1);
-    }
-    panic!("WAV without data chunk");
 }
 
 /// RMS level in dBFS.

@@ -1,6 +1,6 @@
 //! A stand-in for LiveKit Inference's STT and TTS websockets, on loopback
-//! port 0. It checks what the gateway checks — the HS256 JWT (signature with
-//! the API secret, `iss`, `sub`, `nbf`/`exp`, `inference.perform`), the
+//! port 0. It checks what the gateway checks — the token at the upgrade
+//! ([`super::verify_jwt`] with [`KEY`] and [`SECRET`]), the
 //! `session.create` fields, base64 PCM of the declared rate in 50 ms chunks —
 //! and records every violation in `Conn::problems`. It fails the way real
 //! services fail, as scripted per connection: an HTTP status at the upgrade,
@@ -12,27 +12,23 @@
 //! TTS answers each `session.flush` with the PCM its `synth` function makes
 //! for the text (the tests use espeak-ng), in 100 ms `output_audio` chunks,
 //! then `done`.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use futures::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2_hmac::Sha256;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
-pub const KEY: &str = "APIstandinKey42";
-pub const SECRET: &str = "standin-secret-0123456789abcdef0123456789";
+pub use super::{KEY, SECRET, livekit_env};
 
 /// What the server does instead of answering, once.
 #[derive(Clone, Debug)]
@@ -60,6 +56,16 @@ pub struct Plan {
     /// (100 ms of a constant 1234, then `done`), as providers that split a
     /// flush do.
     pub trailing_generation: bool,
+}
+
+impl Plan {
+    /// The fault planned for the `n`-th trigger, if any.
+    fn fault(&self, n: usize) -> Option<Fault> {
+        self.faults
+            .iter()
+            .find(|(i, _)| *i == n)
+            .map(|(_, f)| f.clone())
+    }
 }
 
 /// What one connection saw.
@@ -96,6 +102,7 @@ impl Conn {
     }
 }
 
+/// What TTS answers a flush's text with: PCM at the session's rate (24 kHz mono).
 pub type Synth = Arc<dyn Fn(&str) -> Vec<i16> + Send + Sync>;
 
 #[derive(Default)]
@@ -112,7 +119,9 @@ struct State {
     chunk_gap: Duration,
 }
 
+/// The running stand-in; stops when dropped.
 pub struct Gateway {
+    /// Where it listens (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     /// Aborted (with every connection task) when the gateway drops.
@@ -184,48 +193,6 @@ impl Gateway {
     }
 }
 
-/// Checks a LiveKit Inference token as the gateway does; returns its claims.
-pub fn verify_jwt(token: &str) -> Result<Value, String> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("malformed token".into());
-    };
-    let header: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| "header b64")?)
-            .map_err(|_| "header json")?;
-    if header["alg"] != "HS256" {
-        return Err(format!("alg {}", header["alg"]));
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).map_err(|_| "hmac key")?;
-    mac.update(format!("{h}.{p}").as_bytes());
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| "sig b64")?;
-    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
-    let claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| "claims b64")?)
-            .map_err(|_| "claims json")?;
-    if claims["iss"] != KEY {
-        return Err("iss is not the API key".into());
-    }
-    if claims["sub"].as_str().is_none_or(str::is_empty) {
-        return Err("no sub".into());
-    }
-    if claims["inference"]["perform"] != true {
-        return Err("no inference.perform grant".into());
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let nbf = claims["nbf"].as_i64().ok_or("no nbf")?;
-    let exp = claims["exp"].as_i64().ok_or("no exp")?;
-    if nbf > now + 5 || exp < now {
-        return Err("token not valid now".into());
-    }
-    Ok(claims)
-}
-
 fn refuse(status: u16, body: &str) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(body.to_string()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
@@ -266,7 +233,7 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<State>>, synth: Synt
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.map(verify_jwt) {
+        match token.map(|t| super::verify_jwt(t, KEY, SECRET)) {
             Some(Ok(claims)) => conn.claims = Some(claims),
             Some(Err(e)) => return Err(refuse(401, &format!("invalid token: {e}"))),
             None => return Err(refuse(401, "missing token")),
@@ -300,6 +267,20 @@ fn problem(state: &Mutex<State>, index: usize, p: String) {
     state.lock().unwrap().conns[index].problems.push(p);
 }
 
+/// The next text message as JSON, with when it arrived; `None` once the
+/// connection ends. Text that is not JSON is a problem, and skipped.
+async fn next_json(ws: &mut Ws, state: &Mutex<State>, index: usize) -> Option<(Instant, Value)> {
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        let arrived = Instant::now();
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => return Some((arrived, v)),
+            Err(_) => problem(state, index, "not JSON".into()),
+        }
+    }
+    None
+}
+
 /// Applies a fault; returns true if the connection must end now.
 async fn strike(ws: &mut Ws, fault: &Fault) -> bool {
     match fault {
@@ -324,13 +305,7 @@ async fn serve_stt(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
     let mut finalizes = 0usize;
     let mut stalled = false;
     let mut utterance_from = 0usize;
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(text) = msg else { continue };
-        let arrived = Instant::now();
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            problem(&state, index, "not JSON".into());
-            continue;
-        };
+    while let Some((arrived, v)) = next_json(&mut ws, &state, index).await {
         match v["type"].as_str().unwrap_or_default() {
             "session.create" => {
                 let model = state.lock().unwrap().conns[index].query_model.clone();
@@ -383,11 +358,7 @@ async fn serve_stt(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
                     let mut st = state.lock().unwrap();
                     let received = st.conns[index].audio.len();
                     st.conns[index].finalize_at.push(received);
-                    let fault = plan
-                        .faults
-                        .iter()
-                        .find(|(i, _)| *i == n)
-                        .map(|(_, f)| f.clone());
+                    let fault = plan.fault(n);
                     let next = match fault {
                         Some(f) => Err(f),
                         None if stalled => Err(Fault::Stall),
@@ -493,13 +464,7 @@ async fn serve_tts(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
     let mut pending = String::new();
     let mut flushes = 0usize;
     let mut stalled = false;
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(text) = msg else { continue };
-        let arrived = Instant::now();
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            problem(&state, index, "not JSON".into());
-            continue;
-        };
+    while let Some((arrived, v)) = next_json(&mut ws, &state, index).await {
         match v["type"].as_str().unwrap_or_default() {
             "session.create" => {
                 let model = state.lock().unwrap().conns[index].query_model.clone();
@@ -537,11 +502,7 @@ async fn serve_tts(mut ws: Ws, state: Arc<Mutex<State>>, index: usize, plan: Pla
                 let (delay, gap, fault) = {
                     let mut st = state.lock().unwrap();
                     st.conns[index].flushes += 1;
-                    let fault = plan
-                        .faults
-                        .iter()
-                        .find(|(i, _)| *i == n)
-                        .map(|(_, f)| f.clone());
+                    let fault = plan.fault(n);
                     (st.answer_delay, st.chunk_gap, fault)
                 };
                 let text = std::mem::take(&mut pending);

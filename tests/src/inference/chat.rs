@@ -1,37 +1,43 @@
-//! A local stand-in for LiveKit Inference's gateway (and for Baseten, Moonshot
-//! or any OpenAI-compatible server), bound to 127.0.0.1:0. It checks what the
-//! real servers check — the HS256 JWT's signature and claims, the headers, the
-//! body, and like Moonshot the tool-call history, the `reasoning_content` a
-//! thinking model's tool-call turns need and the sampling K2.5/K2.6 accept —
-//! and answers from a script of replies: event streams delivered in arbitrary
-//! pieces with pauses, cuts, and error statuses. Refusals are HTTP 400 with an
-//! OpenAI-style error body, worded as Moonshot words them.
-
-#![allow(dead_code)]
+//! A stand-in for LiveKit Inference's chat completions (and for Baseten,
+//! Moonshot or any OpenAI-compatible server), bound to 127.0.0.1:0. It checks
+//! what the real servers check — the HS256 JWT's signature and claims, the
+//! headers, the body, and like Moonshot the tool-call history, the
+//! `reasoning_content` a thinking model's tool-call turns need and the
+//! sampling K2.5/K2.6 accept — and answers from a script of replies: event
+//! streams delivered in arbitrary pieces with pauses, cuts, and error
+//! statuses. Refusals are HTTP 400 with an OpenAI-style error body, worded as
+//! Moonshot words them. Served with hyper, so that clients meet real HTTP
+//! (chunked bodies, keep-alive, connections dropped mid-body).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub const KEY: &str = "APItestKey123";
-pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub use super::{KEY, SECRET, livekit_env, verify_jwt};
+pub use crate::llm::{check_tool_history, split_bytes};
+
+/// A Baseten API key the stand-in accepts as a bearer key.
 pub const BASETEN_KEY: &str = "bt-key-0123456789abcdef";
+
+/// LiveKit Inference's authentication with [`KEY`] and [`SECRET`].
+pub fn lk_auth() -> Auth {
+    Auth::Livekit {
+        key: KEY.into(),
+        secret: SECRET.into(),
+    }
+}
 
 /// How the server authenticates requests.
 #[derive(Clone, Debug)]
@@ -97,16 +103,22 @@ pub struct Seen {
 struct State {
     auth: Auth,
     flavour: Flavour,
+    /// The replies still to give, in order; then [`hello_stream`].
     script: Mutex<VecDeque<Reply>>,
+    /// Every request, refused ones included.
     seen: Mutex<Vec<Seen>>,
+    /// TCP connections accepted.
     connections: AtomicUsize,
     /// Fired when a streamed body is dropped (finished or the client left).
     body_dropped: Mutex<Vec<oneshot::Sender<()>>>,
 }
 
+/// The running stand-in; stops accepting when dropped.
 pub struct Gateway {
+    /// What a client is configured with: `http://127.0.0.1:PORT/v1`.
     pub base_url: String,
     state: Arc<State>,
+    /// The accept loop; aborted on drop.
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -309,55 +321,6 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
     }
 }
 
-/// Verifies an HS256 JWT the way LiveKit does: signature with the secret,
-/// `iss` = key, a subject, the nbf/exp window, `inference.perform`.
-pub fn verify_jwt(token: &str, key: &str, secret: &str) -> Result<Value, String> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("malformed token".into());
-    };
-    let header: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| "header b64")?)
-            .map_err(|_| "header json")?;
-    if header["alg"] != "HS256" {
-        return Err(format!("alg {}", header["alg"]));
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| "hmac key")?;
-    mac.update(format!("{h}.{p}").as_bytes());
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| "sig b64")?;
-    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
-    let claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| "claims b64")?)
-            .map_err(|_| "claims json")?;
-    if claims["iss"] != key {
-        return Err("iss is not the api key".into());
-    }
-    if claims["sub"].as_str().is_none_or(str::is_empty) {
-        return Err("no sub".into());
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let nbf = claims["nbf"].as_i64().ok_or("no nbf")?;
-    let exp = claims["exp"].as_i64().ok_or("no exp")?;
-    if nbf > now + 5 {
-        return Err("not yet valid".into());
-    }
-    if exp <= now {
-        return Err("expired".into());
-    }
-    if !(595..=605).contains(&(exp - nbf)) {
-        return Err(format!("ttl {} is not 600 s", exp - nbf));
-    }
-    if claims["inference"]["perform"] != true {
-        return Err("no inference.perform grant".into());
-    }
-    Ok(claims)
-}
-
 /// Checks a body as the server does: the OpenAI basics, the tool-call
 /// history, and for Kimi K2.5/K2.6 what Moonshot enforces.
 pub fn check_body(body: &Value, flavour: Flavour) -> Result<(), String> {
@@ -384,61 +347,6 @@ pub fn check_body(body: &Value, flavour: Flavour) -> Result<(), String> {
     }
     check_tool_history(body)?;
     check_kimi(body, flavour)
-}
-
-/// Every assistant tool call is answered by a tool message with its id among
-/// the messages right after it; no tool message answers a call that is not
-/// there.
-pub fn check_tool_history(body: &Value) -> Result<(), String> {
-    let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let mut i = 0;
-    while i < messages.len() {
-        let m = &messages[i];
-        match m["role"].as_str() {
-            Some("assistant") if m["tool_calls"].as_array().is_some_and(|c| !c.is_empty()) => {
-                let ids: Vec<&str> = m["tool_calls"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| c["id"].as_str().unwrap_or(""))
-                    .collect();
-                let mut answered = Vec::new();
-                let mut j = i + 1;
-                while j < messages.len() && messages[j]["role"] == "tool" {
-                    let id = messages[j]["tool_call_id"].as_str().unwrap_or("");
-                    if !ids.contains(&id) {
-                        return Err(format!(
-                            "tool_call_id {id:?} at index {j} is not found in the preceding \
-                             assistant message's tool_calls"
-                        ));
-                    }
-                    answered.push(id);
-                    j += 1;
-                }
-                let missing: Vec<&str> = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| !answered.contains(id))
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(format!(
-                        "an assistant message with 'tool_calls' must be followed by tool \
-                         messages responding to each 'tool_call_id'; missing: {missing:?} \
-                         (assistant message at index {i})"
-                    ));
-                }
-                i = j;
-            }
-            Some("tool") => {
-                return Err(format!(
-                    "a message with role 'tool' at index {i} must follow an assistant \
-                     message with 'tool_calls'"
-                ));
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
 }
 
 /// Whether the body's model is Kimi K2.5 or K2.6, in any spelling.
@@ -626,21 +534,5 @@ pub fn kimi_tool_turn(
     }
     out.push(finish_with_usage("tool_calls", 180, 60, 0));
     out.push(DONE.to_string());
-    out
-}
-
-/// `text` in pieces of about `n` bytes, on character boundaries.
-pub fn split_bytes(text: &str, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for c in text.chars() {
-        cur.push(c);
-        if cur.len() >= n.max(1) {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
     out
 }
