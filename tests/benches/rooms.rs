@@ -437,10 +437,7 @@ async fn rust_user(
         for _ in 0..turns {
             let started = Instant::now();
             for chunk in question.chunks(960) {
-                let frame = rtc::AudioFrame {
-                    data: chunk.to_vec(),
-                    sample_rate: 48_000,
-                };
+                let frame = rtc::AudioFrame::new(chunk.to_vec(), 48_000, 1);
                 track
                     .capture_frame(frame)
                     .await

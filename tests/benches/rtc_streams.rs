@@ -284,7 +284,7 @@ async fn participant(
                 let data = signal[i % signal.len()].clone();
                 tokio::select! {
                     _ = stop.changed() => return,
-                    r = track.capture_frame(AudioFrame { data, sample_rate: 48_000 }) => if r.is_err() { return },
+                    r = track.capture_frame(AudioFrame::new(data, 48_000, 1)) => if r.is_err() { return },
                 }
             }
         });

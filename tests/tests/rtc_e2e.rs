@@ -132,7 +132,7 @@ async fn python_publishes_speech_and_we_receive_matching_pcm() -> R {
             f = tokio::time::timeout_at(deadline, stream.recv()) => match f {
                 Ok(Some(f)) => {
                     assert_eq!(f.sample_rate, 48_000);
-                    got.extend_from_slice(&f.data);
+                    got.extend_from_slice(&f.samples);
                 }
                 Ok(None) | Err(_) => break,
             },
@@ -194,10 +194,7 @@ async fn we_publish_speech_and_python_records_it() -> R {
         .chain(reference.samples.chunks(480))
     {
         track
-            .capture_frame(AudioFrame {
-                data: chunk.to_vec(),
-                sample_rate: 48_000,
-            })
+            .capture_frame(AudioFrame::new(chunk.to_vec(), 48_000, 1))
             .await?;
     }
     let recorded = human
@@ -507,10 +504,7 @@ async fn dropping_every_handle_leaves_the_room_and_ends_the_events() -> R {
     // with no panic and no hang.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let frame = AudioFrame {
-            data: vec![0; 480],
-            sample_rate: 24_000,
-        };
+        let frame = AudioFrame::new(vec![0; 480], 24_000, 1);
         let r = tokio::time::timeout(Duration::from_secs(2), track.capture_frame(frame)).await?;
         if r.is_err() {
             break;

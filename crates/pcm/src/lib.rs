@@ -266,6 +266,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn downmixes_interleaved_stereo() {
+        let f = AudioFrame::new(vec![100i16, 300, -50, 50], 24_000, 2);
+        assert_eq!(&*f.to_mono().samples, &[200, 0]);
+        assert_eq!(f.to_mono().channels, 1);
+        let m = AudioFrame::new(vec![1i16, 2, 3], 24_000, 1);
+        assert_eq!(&*m.to_mono().samples, &[1, 2, 3]);
+    }
+
+    #[test]
     fn split_cuts_into_whole_frames_of_at_most_the_duration() {
         let f = AudioFrame::new(
             (0..2 * 1000).map(|i| i as i16).collect::<Vec<_>>(),

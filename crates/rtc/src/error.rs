@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+pub use livekit_plumbing::UrlError;
+
 use crate::frame::OPUS_RATES;
 
 /// The WebSocket library's error (tungstenite, under `tokio-tungstenite`).
@@ -84,24 +86,6 @@ pub enum RtcError {
     Disconnected(crate::DisconnectReason),
 }
 
-/// Why a server URL cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UrlError {
-    /// No `scheme://`.
-    #[error("missing scheme (ws, wss, http or https)")]
-    MissingScheme,
-    /// A scheme other than `ws`, `wss`, `http`, `https`.
-    #[error("unsupported scheme {0:?}")]
-    UnsupportedScheme(String),
-    /// Nothing between `://` and the path.
-    #[error("missing host")]
-    MissingHost,
-    /// The WebSocket library cannot make a request of it.
-    #[error("{0}")]
-    Request(#[source] WsError),
-}
-
 /// How the signal connection ended.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,11 +117,8 @@ mod tests {
             "signal connection closed: no message from the server for 15s"
         );
         assert!(e.source().is_some_and(|s| s.is::<SignalLoss>()));
-        let e = RtcError::from(UrlError::UnsupportedScheme("ftp".into()));
-        assert_eq!(
-            e.to_string(),
-            "invalid LiveKit URL: unsupported scheme \"ftp\""
-        );
+        let e = RtcError::from(UrlError::NoHost);
+        assert_eq!(e.to_string(), "invalid LiveKit URL: the URL has no host");
         let e = RtcError::SignalConnect(WsError::ConnectionClosed);
         assert!(e.source().is_some_and(|s| s.is::<WsError>()));
     }

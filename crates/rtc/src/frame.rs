@@ -1,5 +1,5 @@
-//! What both directions of audio share: the PCM frame, Opus's native rates, and the
-//! RTP clock of Opus.
+//! What both directions of audio share: the PCM frame (the `pcm` crate's),
+//! Opus's native rates, and the RTP clock of Opus.
 
 use std::time::Duration;
 
@@ -17,24 +17,9 @@ pub(crate) const RTP_CLOCK_HZ: u32 = 48_000;
 /// RTP ticks in a 20 ms frame.
 pub(crate) const FRAME_TICKS: u32 = RTP_CLOCK_HZ / 50;
 
-/// Mono 16-bit PCM audio.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioFrame {
-    /// Interleaved samples; mono, so one per instant.
-    pub data: Vec<i16>,
-    /// Samples per second.
-    pub sample_rate: u32,
-}
-
-impl AudioFrame {
-    /// Duration of the frame.
-    pub fn duration(&self) -> Duration {
-        if self.sample_rate == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64(self.data.len() as f64 / self.sample_rate as f64)
-    }
-}
+/// PCM audio, the frame every crate of voice-agent passes (tracks are mono:
+/// a published track down-mixes, a subscribed one decodes to one channel).
+pub use pcm::AudioFrame;
 
 /// `rate` is one of [`OPUS_RATES`]: Opus codes it without a resampler.
 pub(crate) fn check_rate(rate: u32) -> Result<(), RtcError> {
@@ -58,15 +43,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        let f = AudioFrame {
-            data: vec![0; 480],
-            sample_rate: 24_000,
-        };
+        let f = AudioFrame::new(vec![0; 480], 24_000, 1);
         assert_eq!(f.duration(), FRAME_DURATION);
-        let f = AudioFrame {
-            data: vec![0; 480],
-            sample_rate: 0,
-        };
+        let f = AudioFrame::new(vec![0; 480], 0, 1);
         assert_eq!(f.duration(), Duration::ZERO);
     }
 }

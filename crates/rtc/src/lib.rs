@@ -26,7 +26,7 @@
 //!         _ => {}
 //!     }
 //! }
-//! speaker.capture_frame(AudioFrame { data: vec![0; 480], sample_rate: 24_000 }).await?;
+//! speaker.capture_frame(AudioFrame::new(vec![0; 480], 24_000, 1)).await?;
 //! speaker.clear_queue();                                                   // interruption
 //! room.set_attributes([("lk.agent.state".to_owned(), "listening".to_owned())].into()).await?;
 //! room.send_text("lk.transcription", "hello", Default::default(), &[]).await?;

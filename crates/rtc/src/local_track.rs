@@ -197,19 +197,21 @@ impl LocalAudioTrack {
                 track: self.sample_rate,
             });
         }
-        if frame.data.is_empty() {
+        if frame.samples.is_empty() {
             return Ok(());
         }
+        // Tracks are mono.
+        let frame = frame.to_mono();
         // Wait for room first, and count the samples only once they are certain to be
         // queued: a caller may drop this future while it waits (`select!`, abort).
         // A call already waiting when `clear_queue` runs counts as queued before it.
         let generation = self.generation.load(Ordering::Acquire);
         let permit = self.tx.reserve().await.map_err(|_| RtcError::Closed)?;
         self.queued_samples
-            .fetch_add(frame.data.len(), Ordering::Relaxed);
+            .fetch_add(frame.samples.len(), Ordering::Relaxed);
         permit.send(Queued {
             generation,
-            samples: frame.data,
+            samples: frame.samples.to_vec(),
         });
         Ok(())
     }

@@ -189,10 +189,7 @@ fn emit(tx: &mpsc::Sender<AudioFrame>, pcm: &[i16], sample_rate: u32, dropped: &
     if pcm.is_empty() {
         return true;
     }
-    let frame = AudioFrame {
-        data: pcm.to_vec(),
-        sample_rate,
-    };
+    let frame = AudioFrame::new(pcm, sample_rate, 1);
     match tx.try_send(frame) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -242,7 +239,7 @@ mod tests {
         assert!(emit(&tx, &[2; 320], 16_000, &dropped), "full is not gone");
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
         assert!(emit(&tx, &[], 16_000, &dropped), "nothing to send");
-        assert_eq!(rx.try_recv().unwrap().data, vec![1; 320]);
+        assert_eq!(&*rx.try_recv().unwrap().samples, &[1; 320][..]);
         drop(rx);
         assert!(
             !emit(&tx, &[3; 320], 16_000, &dropped),

@@ -17,8 +17,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use livekit_plumbing::{Redactor, Scheme, Secret, service_url, set_query};
+
 use crate::RtcError;
-use crate::error::{SignalLoss, UrlError};
+use crate::error::SignalLoss;
 
 /// A request to the server.
 pub(crate) type Req = proto::signal_request::Message;
@@ -41,55 +43,31 @@ pub struct UrlParams<'a> {
 
 /// Build `ws(s)://host[/prefix]/rtc?...` from a server URL (`ws`, `wss`, `http`, `https`).
 pub fn signal_url(base: &str, params: &UrlParams<'_>) -> Result<String, RtcError> {
-    let (scheme, rest) = base.split_once("://").ok_or(UrlError::MissingScheme)?;
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "ws" | "http" => "ws",
-        "wss" | "https" => "wss",
-        other => return Err(UrlError::UnsupportedScheme(other.to_owned()).into()),
-    };
-    // Drop any query or fragment the caller passed; keep a path prefix.
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (host, path) = match rest.split_once('/') {
-        Some((h, p)) => (h, p.trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if host.is_empty() {
-        return Err(UrlError::MissingHost.into());
+    let mut url = service_url(base, Scheme::WebSocket, "rtc")?;
+    let version = env!("CARGO_PKG_VERSION");
+    let (protocol, client_protocol) = (PROTOCOL_VERSION.to_string(), CLIENT_PROTOCOL.to_string());
+    let mut query = vec![
+        ("sdk", "rust"),
+        ("version", version),
+        ("protocol", protocol.as_str()),
+        ("client_protocol", client_protocol.as_str()),
+        (
+            "auto_subscribe",
+            if params.auto_subscribe { "1" } else { "0" },
+        ),
+        ("adaptive_stream", "0"),
+    ];
+    let reason;
+    if let Some((sid, r)) = params.reconnect {
+        reason = r.to_string();
+        query.extend([
+            ("reconnect", "1"),
+            ("sid", sid),
+            ("reconnect_reason", reason.as_str()),
+        ]);
     }
-    let mut url = format!("{scheme}://{host}");
-    if !path.is_empty() {
-        url.push('/');
-        url.push_str(path);
-    }
-    url.push_str("/rtc?sdk=rust");
-    url.push_str(&format!(
-        "&version={}&protocol={PROTOCOL_VERSION}&client_protocol={CLIENT_PROTOCOL}",
-        env!("CARGO_PKG_VERSION")
-    ));
-    url.push_str(if params.auto_subscribe {
-        "&auto_subscribe=1"
-    } else {
-        "&auto_subscribe=0"
-    });
-    url.push_str("&adaptive_stream=0");
-    if let Some((sid, reason)) = params.reconnect {
-        url.push_str("&reconnect=1&sid=");
-        url.push_str(&percent_encode(sid));
-        url.push_str(&format!("&reconnect_reason={reason}"));
-    }
-    Ok(url)
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    set_query(&mut url, query);
+    Ok(url.into())
 }
 
 /// Local UDP bind addresses for ICE when the caller gave none: loopback for a server
@@ -162,7 +140,7 @@ fn ws_config() -> tungstenite::protocol::WebSocketConfig {
 
 /// Open the signal WebSocket.
 async fn connect(url: &str, token: &str) -> Result<Ws, RtcError> {
-    let mut request = url.into_client_request().map_err(UrlError::Request)?;
+    let mut request = url.into_client_request().map_err(RtcError::SignalConnect)?;
     let auth =
         HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| RtcError::InvalidToken)?;
     request.headers_mut().insert("Authorization", auth);
@@ -172,10 +150,13 @@ async fn connect(url: &str, token: &str) -> Result<Ws, RtcError> {
             .map_err(|e| match e {
                 tungstenite::Error::Http(resp) => {
                     let status = resp.status().as_u16();
+                    // A server may echo the token: redact it, then cut.
+                    let mut redactor = Redactor::default();
+                    redactor.add(&Secret::new(token));
                     let body = resp
                         .body()
                         .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).chars().take(200).collect())
+                        .map(|b| redactor.clean_truncated(&String::from_utf8_lossy(b), 200))
                         .unwrap_or_default();
                     RtcError::Refused { status, body }
                 }

@@ -517,7 +517,6 @@ impl Bridge {
 /// User PCM → session input. Ends when the track ends or the session's input closes.
 async fn input_pump_task(mut stream: rtc::AudioStream, tx: mpsc::Sender<agent::AudioFrame>) {
     while let Some(frame) = stream.recv().await {
-        let frame = agent::AudioFrame::new(frame.data, frame.sample_rate, 1);
         if tx.send(frame).await.is_err() {
             break;
         }
@@ -540,44 +539,13 @@ async fn output_pump(mut reader: agent::PlayoutReader, track: rtc::LocalAudioTra
                     );
                     continue;
                 }
-                let data = mono(&frame);
-                match track
-                    .capture_frame(rtc::AudioFrame {
-                        data,
-                        sample_rate: rate,
-                    })
-                    .await
-                {
+                // The track down-mixes to its one channel.
+                match track.capture_frame(frame).await {
                     Ok(()) => {}
                     Err(RtcError::Closed) => break,
                     Err(e) => tracing::warn!(error = %e, "cannot queue agent audio"),
                 }
             }
         }
-    }
-}
-
-fn mono(frame: &agent::AudioFrame) -> Vec<i16> {
-    let ch = usize::from(frame.channels.max(1));
-    if ch == 1 {
-        return frame.samples.to_vec();
-    }
-    frame
-        .samples
-        .chunks(ch)
-        .map(|c| (c.iter().map(|&s| i32::from(s)).sum::<i32>() / c.len() as i32) as i16)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downmixes_interleaved_stereo() {
-        let f = agent::AudioFrame::new(vec![100i16, 300, -50, 50], 24_000, 2);
-        assert_eq!(mono(&f), vec![200, 0]);
-        let m = agent::AudioFrame::new(vec![1i16, 2, 3], 24_000, 1);
-        assert_eq!(mono(&m), vec![1, 2, 3]);
     }
 }

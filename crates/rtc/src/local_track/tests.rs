@@ -146,10 +146,7 @@ async fn clear_queue_drops_everything_queued() {
             for _ in 0..100 {
                 let data = frame.clone();
                 if track
-                    .capture_frame(AudioFrame {
-                        data,
-                        sample_rate: 48_000,
-                    })
+                    .capture_frame(AudioFrame::new(data, 48_000, 1))
                     .await
                     .is_err()
                 {
@@ -205,20 +202,14 @@ async fn clear_queue_drops_everything_queued() {
     assert_eq!(track.stats().frames_with_audio, 10);
     // Audio captured after the clear plays normally.
     track
-        .capture_frame(AudioFrame {
-            data: tone(960),
-            sample_rate: 48_000,
-        })
+        .capture_frame(AudioFrame::new(tone(960), 48_000, 1))
         .await
         .unwrap();
     assert!(sent.recv().await.unwrap().had_audio);
     // Wrong rate is refused.
     assert!(
         track
-            .capture_frame(AudioFrame {
-                data: vec![0; 160],
-                sample_rate: 8_000
-            })
+            .capture_frame(AudioFrame::new(vec![0; 160], 8_000, 1))
             .await
             .is_err()
     );
@@ -236,10 +227,7 @@ async fn dtx_goes_quiet_after_the_hangover_and_resumes_on_the_wall_clock() {
         let track = track.clone();
         async move {
             track
-                .capture_frame(AudioFrame {
-                    data: tone(n),
-                    sample_rate: 48_000,
-                })
+                .capture_frame(AudioFrame::new(tone(n), 48_000, 1))
                 .await
                 .unwrap()
         }
