@@ -20,7 +20,7 @@
 //! priority (`nice` 10) unless `USERS_NICE=0`: the worker's figures are then
 //! what it does when it gets the CPU it asks for.
 //!
-//! `USERS=rust` replaces the Python users by this crate's own `rtc` participants,
+//! `USERS=rust` replaces the Python users by the project's own `room` participants,
 //! hosted in the bench process (publishing the same question, decoding the agent's
 //! answer): a Python user costs the machine several times what a session does, so
 //! beyond ~50 rooms the Python users alone would saturate the two cores. They do
@@ -50,7 +50,7 @@
 //! two cores are saturated: sampled every 0.25 s, the server takes 100–117 % of a
 //! core while rooms arrive (joins are its costliest work), then the worker about
 //! 85 %, the server 50 % and the users 55–60 %. Joins then wait on both sides; the
-//! worker's debug log (`rtc::engine=debug`) has each join's steps. Over eight
+//! worker's debug log (`room::engine=debug`) has each join's steps. Over eight
 //! other runs at 200 rooms (the host is a VM; figures move from run to run):
 //! dispatch p50 134–469 ms and p99 1.0–2.1 s, later rooms p50 58–227 ms and max
 //! 209–931 ms, late frames 0.00–0.25 %, 600 turns of 600 (once 601). With the server
@@ -63,7 +63,7 @@
 //! The table predates two later changes. The voice detector's shortcut on settled
 //! digital silence: 100 rooms then took 35.6 % of a core (37.0 and 38.6 % in the
 //! two runs before), 200 rooms 55.3–56.5 %. And the driver poke from either peer
-//! connection's Connected (`rtc`): 60 agent joins at 10 rooms, p50 20 ms and max
+//! connection's Connected (`room`): 60 agent joins at 10 rooms, p50 20 ms and max
 //! 121 ms, where 2 of 60 had waited about 200 ms; 200 rooms then gave dispatch
 //! 234 / 1042 and 241 / 1317 ms, later rooms 100 / 185 and 102 / 129 ms.
 //!
@@ -368,7 +368,7 @@ async fn renice_to(pid: Option<u32>, nice: usize) {
 enum Users {
     /// `python/rooms.py` processes, publishing this WAV.
     Python(std::path::PathBuf),
-    /// `rtc` participants in this process, publishing this 48 kHz PCM.
+    /// `room` participants in this process, publishing this 48 kHz PCM.
     Rust(Arc<Vec<i16>>),
 }
 
@@ -376,12 +376,12 @@ enum Users {
 async fn user_connect(
     url: &str,
     token: &str,
-) -> Result<(rtc::Room, tokio::sync::mpsc::Receiver<rtc::RoomEvent>), HarnessError> {
-    let opts = rtc::ConnectOptions {
+) -> Result<(room::Room, tokio::sync::mpsc::Receiver<room::RoomEvent>), HarnessError> {
+    let opts = room::ConnectOptions {
         udp_addrs: vec!["127.0.0.1:0".into()],
         ..Default::default()
     };
-    rtc::connect(url, token, opts)
+    room::connect(url, token, opts)
         .await
         .map_err(|e| err(format!("user connect: {e}")))
 }
@@ -402,12 +402,12 @@ async fn rust_user(
         let mut decoders = Vec::new();
         while let Some(ev) = events.recv().await {
             match ev {
-                rtc::RoomEvent::ParticipantJoined(p) if p.identity.starts_with("agent-") => {
+                room::RoomEvent::ParticipantJoined(p) if p.identity.starts_with("agent-") => {
                     if let Some(tx) = agent_tx.take() {
                         let _ = tx.send(());
                     }
                 }
-                rtc::RoomEvent::TrackSubscribed(t) => {
+                room::RoomEvent::TrackSubscribed(t) => {
                     if let Ok(mut stream) = t.into_stream(16_000) {
                         decoders.push(tokio::spawn(async move {
                             while stream.recv().await.is_some() {}
@@ -437,7 +437,7 @@ async fn rust_user(
         for _ in 0..turns {
             let started = Instant::now();
             for chunk in question.chunks(960) {
-                let frame = rtc::AudioFrame::new(chunk.to_vec(), 48_000, 1);
+                let frame = room::AudioFrame::new(chunk.to_vec(), 48_000, 1);
                 track
                     .capture_frame(frame)
                     .await
@@ -460,7 +460,7 @@ async fn late_user(url: String, token: String) -> Result<(), HarnessError> {
     let (room, mut events) = user_connect(&url, &token).await?;
     let agent_track = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(ev) = events.recv().await {
-            if let rtc::RoomEvent::TrackSubscribed(t) = ev
+            if let room::RoomEvent::TrackSubscribed(t) = ev
                 && t.participant_identity().starts_with("agent-")
             {
                 return Ok(());

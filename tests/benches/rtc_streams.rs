@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -j2 -p e2e-tests --bench rtc_streams` (needs `tests/setup.sh`).
 //!
-//! A stream is one `rtc` participant that publishes a track (PCM → Opus → SRTP,
+//! A stream is one `room` participant that publishes a track (PCM → Opus → SRTP,
 //! paced every 20 ms) and subscribes to one (SRTP → Opus → PCM at 48 kHz). For N
 //! streams the measured process hosts N such participants, each in its own room; the
 //! other end of every room is a peer participant doing the same, hosted by a child
@@ -58,7 +58,7 @@
 //! a new track's first RTP reached the SFU before the offer announcing it; with no
 //! MID header extension on audio the SFU could not place the SSRC and dropped that
 //! stream for good. A published track's sink is now held until the server has
-//! answered the offer that carries it (`rtc`'s `engine/negotiation.rs`, held sinks).
+//! answered the offer that carries it (`room`'s `engine/negotiation.rs`, held sinks).
 //! After the fix: 0 of 10 and 0 of 50 rooms receiving nothing, in every run since.
 //! Memory per stream at 10 varies between runs (1.1 or 1.8 MB), with the allocator's
 //! per-thread arenas.
@@ -89,7 +89,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{LiveKitServer, token};
-use rtc::{AudioFrame, CadenceHistogram, ConnectOptions, LocalAudioTrack, Room, RoomEvent};
+use room::{AudioFrame, CadenceHistogram, ConnectOptions, LocalAudioTrack, Room, RoomEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -230,7 +230,7 @@ async fn participant(
         opus_complexity,
         ..Default::default()
     };
-    let (room, mut events) = rtc::connect(url, &token(identity, room)?, opts).await?;
+    let (room, mut events) = room::connect(url, &token(identity, room)?, opts).await?;
     let track = room.publish_audio("bench", 48_000).await?;
     let received = Arc::new(Received::default());
     {

@@ -1,4 +1,4 @@
-//! `crates/rtc` against the real LiveKit server (v1.13.5) with the real LiveKit Python
+//! `crates/room` against the real LiveKit server (v1.13.5) with the real LiveKit Python
 //! SDK as the other participant. Run `tests/setup.sh` once first.
 //!
 //! The tests share a 2-core machine with media flowing in real time, so they run one
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e_tests::*;
-use rtc::{AudioFrame, ConnectOptions, DisconnectReason, Room, RoomEvent};
+use room::{AudioFrame, ConnectOptions, DisconnectReason, Room, RoomEvent};
 use tokio::sync::mpsc;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -76,7 +76,7 @@ async fn join(
     room: &str,
 ) -> R<(Room, mpsc::Receiver<RoomEvent>)> {
     let t = token(identity, room)?;
-    Ok(rtc::connect(&server.url(), &t, options()).await?)
+    Ok(room::connect(&server.url(), &t, options()).await?)
 }
 
 /// The envelope of `got` matches `reference` (correlation, voiced duration).
@@ -355,7 +355,7 @@ async fn server_killed_and_restarted_we_reconnect_or_report_disconnected() -> R 
             .await?;
             room.send_data(
                 b"hello again".to_vec(),
-                rtc::DataKind::Reliable,
+                room::DataKind::Reliable,
                 Some("t"),
                 &[],
             )
@@ -390,12 +390,12 @@ async fn bad_token_is_refused_with_a_typed_error() -> R {
     let _g = SERIAL.lock().await;
     init_logging();
     let server = LiveKitServer::start().await?;
-    let err = rtc::connect(&server.url(), "not-a-token", options())
+    let err = room::connect(&server.url(), "not-a-token", options())
         .await
         .err()
         .ok_or("connected with a bad token")?;
     assert!(
-        matches!(err, rtc::RtcError::Refused { status: 401, .. }),
+        matches!(err, room::RtcError::Refused { status: 401, .. }),
         "{err:?}"
     );
     assert!(!err.to_string().contains("not-a-token"));
@@ -409,7 +409,7 @@ async fn signal_cut_is_resumed_without_leaving_the_room() -> R {
     let server = LiveKitServer::start().await?;
     let proxy = TcpProxy::start(server.port).await?;
     let (room, mut events) =
-        rtc::connect(&proxy.url(), &token("agent", "room-resume")?, options()).await?;
+        room::connect(&proxy.url(), &token("agent", "room-resume")?, options()).await?;
     let _track = room.publish_audio("agent-voice", 48_000).await?;
     let (_other, mut other_events) = join(&server, "human", "room-resume").await?;
     next_event(
@@ -436,8 +436,13 @@ async fn signal_cut_is_resumed_without_leaving_the_room() -> R {
     );
     // Still in the room as the same participant: data reaches the other side, which
     // never saw us leave.
-    room.send_data(b"after resume".to_vec(), rtc::DataKind::Reliable, None, &[])
-        .await?;
+    room.send_data(
+        b"after resume".to_vec(),
+        room::DataKind::Reliable,
+        None,
+        &[],
+    )
+    .await?;
     let ev = next_event(&mut other_events, Duration::from_secs(20), |e| {
         matches!(
             e,

@@ -179,7 +179,7 @@ async fn run(cli: Cli, source: Source) -> Result<()> {
         ..
     }) = cli.command
     {
-        let list = tokio::task::spawn_blocking(console::devices::list)
+        let list = tokio::task::spawn_blocking(local_io::devices::list)
             .await
             .context("device listing task failed")?
             .context("cannot list the audio devices")?;
@@ -234,7 +234,7 @@ async fn console_text(config: &config::Config, options: SessionOptions) -> Resul
         },
     );
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let result = console::text::run(handle, events, stdin, tokio::io::stdout()).await;
+    let result = local_io::text::run(handle, events, stdin, tokio::io::stdout()).await;
     // The handle went with `run`; the session ends once its reply is over.
     let _ = task.await;
     result.context("console")?;
@@ -251,7 +251,7 @@ async fn console_devices(
     // told so at once.
     let (input, output) = (args.input_device.clone(), args.output_device.clone());
     tokio::task::spawn_blocking(move || {
-        console::devices::probe(input.as_deref(), output.as_deref())
+        local_io::devices::probe(input.as_deref(), output.as_deref())
     })
     .await
     .context("device probe task failed")?
@@ -267,10 +267,10 @@ async fn console_devices(
             Some(_) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
         }
     };
-    let summary = console::live::run(
+    let summary = local_io::live::run(
         stages,
         options,
-        console::live::DeviceOptions {
+        local_io::live::DeviceOptions {
             input_device: args.input_device,
             output_device: args.output_device,
             echo_cancellation: !args.no_aec,
@@ -297,10 +297,10 @@ async fn console_file(
     output: PathBuf,
 ) -> Result<()> {
     let stages = stages::build(config).await?;
-    let summary = console::file::run(
+    let summary = local_io::file::run(
         stages,
         options,
-        console::file::FileOptions {
+        local_io::file::FileOptions {
             input,
             output,
             output_rate: config.tts.output_sample_rate,

@@ -47,7 +47,7 @@ fn loopback_host(url: &str) -> bool {
 }
 
 fn job_options(config: &Config, url: &str) -> JobOptions {
-    let mut connect = rtc::ConnectOptions::default();
+    let mut connect = room::ConnectOptions::default();
     if !config.worker.udp_addrs.is_empty() {
         connect.udp_addrs = config.worker.udp_addrs.clone();
     } else if loopback_host(url) {
@@ -63,7 +63,7 @@ fn job_options(config: &Config, url: &str) -> JobOptions {
 
 async fn factory(config: &Config, entrypoint: Entrypoint) -> Result<Arc<SessionFactory>> {
     let rate = config.tts.output_sample_rate;
-    if !rtc::OPUS_RATES.contains(&rate) {
+    if !room::OPUS_RATES.contains(&rate) {
         bail!(
             "key `tts.output_sample_rate`: {rate} is not an Opus rate (8000, 12000, 16000, 24000, 48000), needed in a room"
         );

@@ -14,7 +14,7 @@
 //!
 //! (PulseAudio's `module-loopback` from a speaker sink into a microphone sink
 //! is no stand-in for that path: it keeps re-adjusting its rate and latency,
-//! so the echo moves under the canceller all the time; see `console::echo`.)
+//! so the echo moves under the canceller all the time; see `local_io::echo`.)
 //!
 //! A PulseAudio that cannot be started fails the test, with its log.
 //! The tests run one at a time (they load whisper; the machine has 2 cores).
@@ -507,7 +507,7 @@ async fn spoken_question_is_answered_on_the_speaker_and_echo_is_cancelled() {
     for (name, text) in [("reference.wav", REPLY), ("first.wav", first_sentence)] {
         let path = dir.path().join(name);
         espeak(text, &path).await;
-        let pcm = console::wav::read(&path).expect("reference");
+        let pcm = local_io::wav::read(&path).expect("reference");
         spans.push(resample_16k(&pcm.samples, pcm.sample_rate));
     }
     let (want_s, _) = voiced_span(&spans[0], 16_000);
@@ -534,7 +534,7 @@ async fn spoken_question_is_answered_on_the_speaker_and_echo_is_cancelled() {
     assert!(buffering <= 60.0, "buffering {buffering} ms\n{all}");
 
     // The recording: microphone left (the question, then the echo), agent right.
-    let recording = console::wav::read(&record).expect("recording");
+    let recording = local_io::wav::read(&record).expect("recording");
     assert_eq!((recording.channels, recording.sample_rate), (2, 16_000));
     let left: Vec<i16> = recording.samples.iter().step_by(2).copied().collect();
     let right: Vec<i16> = recording

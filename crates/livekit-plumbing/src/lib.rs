@@ -4,11 +4,11 @@
 //!
 //! `kimi` (the LLM through LiveKit Inference), `speech` (Inference STT and
 //! TTS), `worker` (the `/agent` socket), `mcp` (reconnects, header and
-//! environment secrets) and `rtc` (the signal socket) each wrote their own
+//! environment secrets) and `room` (the signal socket) each wrote their own
 //! copy of these; they now share this one. It is a leaf of the workspace: it
 //! depends on nothing of ours and does no I/O (no socket, no runtime, no
 //! clock other than the token's `nbf`), so `agent` stays free of I/O and
-//! `rtc` need not know `agent` to use it.
+//! `room` need not know `agent` to use it.
 //!
 //! ```
 //! use livekit_plumbing::{ApiCredentials, Backoff, Scheme, service_url, set_query};
@@ -53,8 +53,8 @@
 //! # What is not here
 //!
 //! Retry timing that only one client has: `Retry-After` stays in `kimi`, and
-//! `rtc`'s resume-then-rejoin schedule (quadratic, no jitter, two kinds of
-//! attempt) stays in `rtc`.
+//! `room`'s resume-then-rejoin schedule (quadratic, no jitter, two kinds of
+//! attempt) stays in `room`.
 
 mod backoff;
 mod env;

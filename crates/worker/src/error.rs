@@ -31,7 +31,7 @@ pub enum WorkerError {
 pub enum JobError {
     /// Joining or talking to the room failed.
     #[error("room: {0}")]
-    Room(#[from] rtc::RtcError),
+    Room(#[from] room::RtcError),
     /// The room connection is gone for good.
     #[error("the room connection was lost")]
     RoomLost,

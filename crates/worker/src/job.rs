@@ -26,7 +26,7 @@ use agent::session::{self, AudioIo, SessionEvent, SessionOptions, SessionSetup, 
 use agent::stage::JobContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use rtc::{RoomEvent, RtcError};
+use room::{RoomEvent, RtcError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -88,7 +88,7 @@ pub struct SessionFactory {
 #[derive(Clone, Debug)]
 pub struct JobOptions {
     /// How rooms are joined (UDP addresses, timeouts, reconnect policy).
-    pub connect: rtc::ConnectOptions,
+    pub connect: room::ConnectOptions,
     /// End the session when the user leaves.
     pub end_on_user_leave: bool,
     /// Talk to this identity only; `None`: the first participant [`links_to`] accepts.
@@ -100,7 +100,7 @@ pub struct JobOptions {
 impl Default for JobOptions {
     fn default() -> Self {
         Self {
-            connect: rtc::ConnectOptions::default(),
+            connect: room::ConnectOptions::default(),
             end_on_user_leave: true,
             user_identity: None,
             drain_timeout: Duration::from_secs(60),
@@ -156,7 +156,7 @@ pub async fn run(
 ) -> Result<(), JobError> {
     let started = std::time::Instant::now();
     let (room, mut room_events) =
-        rtc::connect(&job.url, &job.token, options.connect.clone()).await?;
+        room::connect(&job.url, &job.token, options.connect.clone()).await?;
     let connected = started.elapsed();
     let result = async {
         let track = room.publish_audio("agent", factory.output_rate).await?;
@@ -321,14 +321,14 @@ const USER_KINDS: [i32; 3] = [0, 3, 7];
 
 /// Whether the session links to `p`: a person (not an agent, a recorder or
 /// an ingress), and the configured identity if one is set.
-pub fn links_to(p: &rtc::Participant, wanted: Option<&str>) -> bool {
+pub fn links_to(p: &room::Participant, wanted: Option<&str>) -> bool {
     USER_KINDS.contains(&p.kind) && wanted.is_none_or(|w| w == p.identity)
 }
 
 /// The user, and their audio tracks subscribed before the session started.
 struct Linked {
-    user: rtc::Participant,
-    early_tracks: Vec<rtc::RemoteAudioTrack>,
+    user: room::Participant,
+    early_tracks: Vec<room::RemoteAudioTrack>,
 }
 
 /// Waits for the first participant the session links to. `None` when told to
@@ -340,7 +340,7 @@ async fn link_user(
     job_id: &str,
 ) -> Result<Option<Linked>, JobError> {
     let wanted = options.user_identity.as_deref();
-    let mut tracks: Vec<rtc::RemoteAudioTrack> = Vec::new();
+    let mut tracks: Vec<room::RemoteAudioTrack> = Vec::new();
     loop {
         tokio::select! {
             event = room_events.recv() => match event {
@@ -426,7 +426,7 @@ impl Bridge {
     /// Feeds the session from `track` if it is the user's; true if it is.
     fn listen_to(
         &mut self,
-        track: rtc::RemoteAudioTrack,
+        track: room::RemoteAudioTrack,
         pump: &mut Option<Owned>,
         input: &mpsc::Sender<agent::AudioFrame>,
         hears: bool,
@@ -515,7 +515,7 @@ impl Bridge {
 }
 
 /// User PCM → session input. Ends when the track ends or the session's input closes.
-async fn input_pump_task(mut stream: rtc::AudioStream, tx: mpsc::Sender<agent::AudioFrame>) {
+async fn input_pump_task(mut stream: room::AudioStream, tx: mpsc::Sender<agent::AudioFrame>) {
     while let Some(frame) = stream.recv().await {
         if tx.send(frame).await.is_err() {
             break;
@@ -525,7 +525,7 @@ async fn input_pump_task(mut stream: rtc::AudioStream, tx: mpsc::Sender<agent::A
 
 /// Session playout → our track, paced by the track's queue. `Cleared` (an
 /// interruption) drops what the track has queued at once.
-async fn output_pump(mut reader: agent::PlayoutReader, track: rtc::LocalAudioTrack) {
+async fn output_pump(mut reader: agent::PlayoutReader, track: room::LocalAudioTrack) {
     let rate = track.sample_rate();
     while let Some(item) = reader.recv().await {
         match item {

@@ -45,7 +45,7 @@
 //!
 //! - The agent's transcription goes out as whole text streams (an interim one
 //!   at each sentence end while generating, a final one when the reply is over),
-//!   not as one stream with incremental chunks: `rtc` sends text streams whole.
+//!   not as one stream with incremental chunks: `room` sends text streams whole.
 //! - Load is this process's CPU share of the machine's cores, not system-wide CPU.
 
 mod conn;

@@ -246,7 +246,7 @@ impl Metrics {
     }
 
     /// Adds the pacing record of a session's published track (at its end).
-    pub fn audio_sent(&self, stats: &rtc::PacerStats) {
+    pub fn audio_sent(&self, stats: &room::PacerStats) {
         // A skipped slot is a frame that should have left: count it in both. A
         // quiet track's keep-alives are not on the cadence: in neither.
         self.audio_frames
@@ -303,7 +303,7 @@ mod tests {
         m.error("llm", "http \"500\"\nnext\\");
         m.error("llm", "rate_limit");
         m.error("llm", "rate_limit");
-        let mut stats = rtc::PacerStats {
+        let mut stats = room::PacerStats {
             frames_sent: 110,
             keepalive_frames: 10,
             slots_skipped: 1,

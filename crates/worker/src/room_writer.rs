@@ -54,7 +54,7 @@ pub(crate) fn state_attr(state: AgentState) -> HashMap<String, String> {
 }
 
 impl RoomWriter {
-    pub fn start(room: rtc::Room, job_id: String) -> Self {
+    pub fn start(room: room::Room, job_id: String) -> Self {
         let (state, state_rx) = watch::channel(None);
         let (texts, texts_rx) = mpsc::channel(QUEUED_TRANSCRIPTIONS);
         let task = tokio::spawn(write(room, state_rx, texts_rx, job_id.clone()));
@@ -97,7 +97,7 @@ impl RoomWriter {
 }
 
 async fn write(
-    room: rtc::Room,
+    room: room::Room,
     mut state: watch::Receiver<Option<AgentState>>,
     mut texts: mpsc::Receiver<Transcription>,
     job_id: String,

@@ -163,7 +163,7 @@ pub(crate) async fn connect(
     timeout: Duration,
 ) -> Result<Ws, SpeechError> {
     // tokio-tungstenite's rustls needs a process-wide crypto provider; use
-    // ring (as crates/rtc and crates/kimi) unless one is installed already.
+    // ring (as crates/room and crates/kimi) unless one is installed already.
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }

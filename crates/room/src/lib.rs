@@ -1,4 +1,4 @@
-//! # rtc — a LiveKit room participant in pure Rust
+//! # room — a LiveKit room participant in pure Rust
 //!
 //! Joins a LiveKit room the way LiveKit's own SDKs do, built only from crates that
 //! build from the Rust package registry: the official `livekit` crate cannot be used
@@ -12,9 +12,9 @@
 //! ## Using it
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), rtc::RtcError> {
-//! use rtc::{AudioFrame, ConnectOptions, RoomEvent};
-//! let (room, mut events) = rtc::connect("wss://example.livekit.cloud", "<token>", ConnectOptions::default()).await?;
+//! # async fn demo() -> Result<(), room::RtcError> {
+//! use room::{AudioFrame, ConnectOptions, RoomEvent};
+//! let (room, mut events) = room::connect("wss://example.livekit.cloud", "<token>", ConnectOptions::default()).await?;
 //! let speaker = room.publish_audio("agent", 24_000).await?;          // PCM in, Opus out
 //! while let Some(event) = events.recv().await {
 //!     match event {
@@ -151,9 +151,9 @@
 //!
 //! ## Logging
 //!
-//! Through `tracing`. Note that webrtc-rs's core crate is also called `rtc`: filter
-//! on `rtc::engine`, `rtc::local_track`, `rtc::remote_track` for this crate only
-//! (`rtc::engine=debug` logs each join's steps and their times).
+//! Through `tracing`. webrtc-rs's core crate is called `rtc`: filter
+//! on `room::engine`, `room::local_track`, `room::remote_track` for this crate only
+//! (`room::engine=debug` logs each join's steps and their times).
 //!
 //! ## Layout
 //!

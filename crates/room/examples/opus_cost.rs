@@ -5,7 +5,7 @@
 //! ```text
 //! espeak-ng -w /tmp/speech.wav "…some sentences…"
 //! sox /tmp/speech.wav -r 48000 -c 1 -b 16 -e signed -t raw /tmp/speech48.raw
-//! cargo run --release -p rtc@0.1.0 --example opus_cost -- /tmp/speech48.raw
+//! cargo run --release -p room --example opus_cost -- /tmp/speech48.raw
 //! ```
 //!
 //! Input: raw mono s16le PCM at 48 kHz (without a file, a synthetic gliding tone with

@@ -8,7 +8,7 @@ use std::time::Duration;
 use agent::session::{SessionOptions, Stages};
 use agent::*;
 use async_trait::async_trait;
-use console::file::{self, FileOptions};
+use local_io::file::{self, FileOptions};
 use tokio::sync::mpsc;
 
 const RATE: u32 = 16_000;

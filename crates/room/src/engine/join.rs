@@ -88,7 +88,7 @@ impl Session {
 }
 
 /// The first join's progress: `connect` waits for `ready`, and the steps are logged
-/// (at debug, target `rtc::engine`) once it is: where a slow join spent its time.
+/// (at debug, target `room::engine`) once it is: where a slow join spent its time.
 pub(super) struct JoinProgress {
     /// Fired once the publisher's reliable channel first opens; `None` after.
     ready: Option<oneshot::Sender<()>>,
