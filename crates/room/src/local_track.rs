@@ -95,9 +95,9 @@ pub(crate) struct RtpSink {
     pub(crate) payload_type: u8,
 }
 
-/// A queued frame, tagged with the clear-generation it was captured in.
+/// A queued frame, tagged with the number of clears before it was captured.
 struct Queued {
-    generation: u64,
+    clears: u64,
     samples: Vec<i16>,
 }
 
@@ -152,7 +152,7 @@ struct SharedStats {
 pub struct LocalAudioTrack {
     /// Frames to the pacer; the pacer ends when all senders are gone.
     tx: mpsc::Sender<Queued>,
-    generation: Arc<AtomicU64>,
+    clears: Arc<AtomicU64>,
     queued_samples: Arc<AtomicUsize>,
     stats: Arc<SharedStats>,
     sample_rate: u32,
@@ -205,12 +205,12 @@ impl LocalAudioTrack {
         // Wait for room first, and count the samples only once they are certain to be
         // queued: a caller may drop this future while it waits (`select!`, abort).
         // A call already waiting when `clear_queue` runs counts as queued before it.
-        let generation = self.generation.load(Ordering::Acquire);
+        let clears = self.clears.load(Ordering::Acquire);
         let permit = self.tx.reserve().await.map_err(|_| RtcError::Closed)?;
         self.queued_samples
             .fetch_add(frame.samples.len(), Ordering::Relaxed);
         permit.send(Queued {
-            generation,
+            clears,
             samples: frame.samples.to_vec(),
         });
         Ok(())
@@ -219,7 +219,7 @@ impl LocalAudioTrack {
     /// Drop all audio queued so far, at once (an interruption). Frames captured after
     /// this call play normally.
     pub fn clear_queue(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.clears.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Audio queued and not yet sent.
@@ -290,7 +290,7 @@ fn new_local_track(
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let track = LocalAudioTrack {
         tx,
-        generation: Arc::new(AtomicU64::new(0)),
+        clears: Arc::new(AtomicU64::new(0)),
         queued_samples: Arc::new(AtomicUsize::new(0)),
         stats: Arc::new(SharedStats::default()),
         sample_rate,
@@ -299,11 +299,11 @@ fn new_local_track(
     };
     let pacer = Pacer {
         rx,
-        generation: track.generation.clone(),
+        clears: track.clears.clone(),
         queued_samples: track.queued_samples.clone(),
         stats: track.stats.clone(),
         buf: VecDeque::with_capacity(sample_rate as usize / 5),
-        buf_generation: 0,
+        buf_clears: 0,
         frame_len: sample_rate as usize / 50,
         encoder,
         dtx: config.dtx,
@@ -335,11 +335,11 @@ struct Sent {
 struct Pacer {
     /// Frames from the track handles; closed when they are all dropped.
     rx: mpsc::Receiver<Queued>,
-    generation: Arc<AtomicU64>,
+    clears: Arc<AtomicU64>,
     queued_samples: Arc<AtomicUsize>,
     stats: Arc<SharedStats>,
     buf: VecDeque<i16>,
-    buf_generation: u64,
+    buf_clears: u64,
     frame_len: usize,
     /// libopus state of this track, used only by this task.
     encoder: opus::Encoder,
@@ -508,23 +508,23 @@ impl Pacer {
     }
 
     /// Empty the buffer if a clear has happened since it was filled; returns the
-    /// current clear-generation.
+    /// current clear-clears.
     fn drop_cleared(&mut self) -> u64 {
-        let generation = self.generation.load(Ordering::Acquire);
-        if generation != self.buf_generation {
+        let clears = self.clears.load(Ordering::Acquire);
+        if clears != self.buf_clears {
             self.queued_samples
                 .fetch_sub(self.buf.len(), Ordering::Relaxed);
             self.buf.clear();
-            self.buf_generation = generation;
+            self.buf_clears = clears;
         }
-        generation
+        clears
     }
 
     /// Take a queued frame into the buffer, unless a clear has dropped it since it was
     /// captured. Returns whether it was kept.
     fn accept(&mut self, q: Queued) -> bool {
-        let generation = self.drop_cleared();
-        if q.generation != generation {
+        let clears = self.drop_cleared();
+        if q.clears != clears {
             self.queued_samples
                 .fetch_sub(q.samples.len(), Ordering::Relaxed);
             return false;

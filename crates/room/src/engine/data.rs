@@ -199,7 +199,7 @@ impl Engine {
 pub(super) fn spawn_dc_reader(
     dc: Arc<dyn DataChannel>,
     kind: DataKind,
-    generation: u64,
+    session_id: u64,
     tx: mpsc::Sender<Internal>,
 ) -> OwnedTask {
     OwnedTask::spawn(async move {
@@ -207,7 +207,7 @@ pub(super) fn spawn_dc_reader(
         while let Some(ev) = dc.poll().await {
             let msg = match ev {
                 DataChannelEvent::OnOpen => Internal::DcOpen {
-                    generation,
+                    session_id,
                     label: label.clone(),
                 },
                 DataChannelEvent::OnMessage(m) => {

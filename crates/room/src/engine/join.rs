@@ -43,7 +43,7 @@ const NUDGE_FOR: Duration = Duration::from_secs(2);
 pub(super) struct Session {
     /// Tags the internal events of this session, so that late events of a torn-down
     /// one are ignored.
-    pub(super) generation: u64,
+    pub(super) session_id: u64,
     /// The signal connection; dropped (closed) with the session or replaced on resume.
     pub(super) signal: Box<dyn SignalTransport>,
     pub(super) publisher: Arc<dyn PeerConnection>,
@@ -151,7 +151,7 @@ pub(super) enum PcEvent {
 /// the engine's internal channel is full (webrtc-rs then holds its events back).
 struct Forwarder {
     tx: mpsc::Sender<Internal>,
-    generation: u64,
+    session_id: u64,
     target: Target,
 }
 
@@ -160,7 +160,7 @@ impl Forwarder {
         let _ = self
             .tx
             .send(Internal::Pc {
-                generation: self.generation,
+                session_id: self.session_id,
                 target: self.target,
                 event,
             })
@@ -237,8 +237,8 @@ impl Engine {
             self.room_name.clone_from(&room.name);
         }
 
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
+        let session_id = self.next_session_id;
+        self.next_session_id = self.next_session_id.wrapping_add(1);
         let ice_servers: Vec<RTCIceServer> = join
             .ice_servers
             .iter()
@@ -257,7 +257,7 @@ impl Engine {
         let handler = |target| {
             Arc::new(Forwarder {
                 tx: self.internal_tx.clone(),
-                generation,
+                session_id,
                 target,
             })
         };
@@ -293,13 +293,13 @@ impl Engine {
             spawn_dc_reader(
                 reliable.clone(),
                 DataKind::Reliable,
-                generation,
+                session_id,
                 self.internal_tx.clone(),
             ),
             spawn_dc_reader(
                 lossy.clone(),
                 DataKind::Lossy,
-                generation,
+                session_id,
                 self.internal_tx.clone(),
             ),
         ];
@@ -307,7 +307,7 @@ impl Engine {
             Duration::from_secs(u64::try_from(s).ok().filter(|&s| s > 0).unwrap_or(default))
         };
         let session = Session {
-            generation,
+            session_id,
             signal,
             publisher,
             subscriber,
@@ -348,7 +348,7 @@ impl Engine {
     /// Returns why the connection is lost, if it is.
     pub(super) async fn on_pc_event(
         &mut self,
-        generation: u64,
+        session_id: u64,
         target: Target,
         event: PcEvent,
     ) -> Option<Loss> {
@@ -382,7 +382,7 @@ impl Engine {
                 } else {
                     DataKind::Reliable
                 };
-                let task = spawn_dc_reader(dc, kind, generation, self.internal_tx.clone());
+                let task = spawn_dc_reader(dc, kind, session_id, self.internal_tx.clone());
                 if let Some(s) = self.session.as_mut() {
                     s.tasks.push(task);
                 }

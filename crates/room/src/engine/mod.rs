@@ -6,7 +6,7 @@
 //!   handle is dropped or `Close` arrives),
 //! - signal responses (offers, answers, trickle, participant updates, leave, pong),
 //! - internal events from webrtc-rs callbacks and data-channel readers, tagged with
-//!   the session generation so events of a torn-down session are ignored,
+//!   the session id so events of a torn-down session are ignored,
 //! - the ping timer (`ping_interval`; no message for `ping_timeout` = signal lost),
 //! - room in the event channel for events waiting in its backlog (`events.rs`: the
 //!   engine never waits for a slow consumer).
@@ -100,7 +100,7 @@ impl Drop for OwnedTask {
 /// From webrtc-rs callbacks and data-channel readers to the engine.
 enum Internal {
     Pc {
-        generation: u64,
+        session_id: u64,
         target: Target,
         event: PcEvent,
     },
@@ -109,7 +109,7 @@ enum Internal {
         kind: crate::room::DataKind,
     },
     DcOpen {
-        generation: u64,
+        session_id: u64,
         label: String,
     },
 }
@@ -195,7 +195,7 @@ struct Engine {
     /// The connection; `None` only between a rejoin's teardown and its new join.
     session: Option<Session>,
     /// Generation of the next session.
-    next_generation: u64,
+    next_session_id: u64,
     participants: Participants,
     publications: Publications,
     outbox: Outbox,
@@ -296,7 +296,7 @@ impl Engine {
             internal_tx,
             internal_rx,
             session: None,
-            next_generation: 0,
+            next_session_id: 0,
             participants: Participants::default(),
             publications: Publications::default(),
             outbox: Outbox::default(),
@@ -500,16 +500,16 @@ impl Engine {
 
     /// Returns why the connection is lost, if it is.
     async fn handle_internal(&mut self, ev: Internal) -> Option<Loss> {
-        let current = self.session.as_ref().map(|s| s.generation);
+        let current = self.session.as_ref().map(|s| s.session_id);
         match ev {
             Internal::Pc {
-                generation,
+                session_id,
                 target,
                 event,
-            } if Some(generation) == current => {
-                return self.on_pc_event(generation, target, event).await;
+            } if Some(session_id) == current => {
+                return self.on_pc_event(session_id, target, event).await;
             }
-            Internal::DcOpen { generation, label } if Some(generation) == current => {
+            Internal::DcOpen { session_id, label } if Some(session_id) == current => {
                 self.on_dc_open(&label).await;
             }
             Internal::Data { packet, kind } => self.on_data(*packet, kind).await,
