@@ -14,10 +14,12 @@
 //! - [`playout`]: the agent's outgoing audio queue: pause, clear, what was played.
 //! - [`clock`]: real time, or media time for files processed faster than real time.
 //! - [`session`]: the session: its handle, options, events and `start`.
-//! - `actor` (private): the session's task and its one `select!`.
+//! - `actor` (private): the session's task and its one `select!` (`actor/`:
+//!   the loop, commands and turns; `replies.rs`: the reply side).
 //! - `input` (private): the audio input task (VAD, STT feed, end-of-turn
 //!   audio) and how stream time maps to session time.
-//! - `reply` (private): one reply's task: LLM steps, tools, TTS, playout.
+//! - `reply` (private): one reply's task (`reply/`: LLM steps; `tools.rs`:
+//!   the calls of a step; `audio.rs`: TTS into the playout by part).
 //! - `ledger` (private): one reply's bookkeeping (pure): parts, calls and
 //!   results, what was heard, what the history keeps, the turn's metrics.
 
