@@ -72,6 +72,57 @@ impl VadFactory for BuggyVad {
     }
 }
 
+/// A worker in this process, registered with `server`.
+struct Worker {
+    metrics: Arc<worker::Metrics>,
+    /// Stops it (drain, then exit).
+    stop_tx: oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+impl Worker {
+    async fn start(
+        server: &LiveKitServer,
+        factory: Arc<worker::SessionFactory>,
+    ) -> Result<Self, HarnessError> {
+        let mut job_options = worker::JobOptions::default();
+        job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];
+        let metrics = Arc::new(worker::Metrics::default());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let run = tokio::spawn(worker::run(
+            worker::WorkerOptions {
+                url: server.url(),
+                api_key: API_KEY.into(),
+                api_secret: API_SECRET.into(),
+                agent_name: String::new(),
+                max_jobs: 10,
+                load_threshold: 1.0,
+                drain_timeout: Duration::from_secs(2),
+                http_addr: None,
+                report_interval: Duration::from_millis(500),
+            },
+            factory,
+            Arc::new(job_options),
+            metrics.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !metrics.healthy() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(err("the worker never registered"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            metrics,
+            stop_tx,
+            run,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError> {
     init_logging();
@@ -88,36 +139,11 @@ async fn a_panicking_session_fails_only_its_own_job() -> Result<(), HarnessError
         output_rate: 48_000,
         entrypoint: worker::fixed(agent::SessionSetup::default()),
     });
-    let mut job_options = worker::JobOptions::default();
-    job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];
-    let metrics = Arc::new(worker::Metrics::default());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let run = tokio::spawn(worker::run(
-        worker::WorkerOptions {
-            url: server.url(),
-            api_key: API_KEY.into(),
-            api_secret: API_SECRET.into(),
-            agent_name: String::new(),
-            max_jobs: 10,
-            load_threshold: 1.0,
-            drain_timeout: Duration::from_secs(2),
-            http_addr: None,
-            report_interval: Duration::from_millis(500),
-        },
-        factory,
-        Arc::new(job_options),
-        metrics.clone(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !metrics.healthy() {
-        if tokio::time::Instant::now() > deadline {
-            return Err(err("the worker never registered"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Worker {
+        metrics,
+        stop_tx,
+        run,
+    } = Worker::start(&server, factory).await?;
 
     let dir = std::env::temp_dir().join(format!("va-panic-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -237,36 +263,11 @@ async fn a_failing_or_panicking_entrypoint_fails_only_its_own_job() -> Result<()
         output_rate: 48_000,
         entrypoint,
     });
-    let mut job_options = worker::JobOptions::default();
-    job_options.connect.udp_addrs = vec!["127.0.0.1:0".into()];
-    let metrics = Arc::new(worker::Metrics::default());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let run = tokio::spawn(worker::run(
-        worker::WorkerOptions {
-            url: server.url(),
-            api_key: API_KEY.into(),
-            api_secret: API_SECRET.into(),
-            agent_name: String::new(),
-            max_jobs: 10,
-            load_threshold: 1.0,
-            drain_timeout: Duration::from_secs(2),
-            http_addr: None,
-            report_interval: Duration::from_millis(500),
-        },
-        factory,
-        Arc::new(job_options),
-        metrics.clone(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !metrics.healthy() {
-        if tokio::time::Instant::now() > deadline {
-            return Err(err("the worker never registered"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Worker {
+        metrics,
+        stop_tx,
+        run,
+    } = Worker::start(&server, factory).await?;
     let identity = |v: serde_json::Value| v["identity"].as_str().unwrap_or_default().to_owned();
     let mut users = Vec::new();
     for room in ["ep-error", "ep-panic"] {
