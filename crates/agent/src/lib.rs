@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`agents`]: [`Agent`] — instructions, tools, an LLM of its own, hooks.
 //! - [`tool`]: the [`Tool`] trait, typed tools ([`tool()`]), their context and output.
-//! - [`audio`]: the PCM frame type and resampling between stage rates.
+//! - [`audio`]: the PCM frame and the resampler between stage rates, the
+//!   `pcm` crate's (shared with the room participant and local I/O).
 //! - [`chat`]: the chat history, tool calls, and the bound on what is kept.
 //! - [`stage`]: the traits STT, LLM, TTS, VAD and end-of-turn engines implement.
 //! - [`vad`]: per-frame voice scores → speech start, progress and end.
@@ -14,12 +15,14 @@
 //! - [`playout`]: the agent's outgoing audio queue: pause, clear, what was played.
 //! - [`clock`]: real time, or media time for files processed faster than real time.
 //! - [`session`]: the session: its handle, options, events and `start`.
-//! - `actor` (private): the session's task and its one `select!` (`actor/`:
-//!   the loop, commands and turns; `replies.rs`: the reply side).
+//! - `actor` (private): the session's task and its one `select!`
+//!   (`actor/mod.rs`: the loop, commands and turns; `actor/replies.rs`: the
+//!   reply side).
 //! - `input` (private): the audio input task (VAD, STT feed, end-of-turn
 //!   audio) and how stream time maps to session time.
-//! - `reply` (private): one reply's task (`reply/`: LLM steps; `tools.rs`:
-//!   the calls of a step; `audio.rs`: TTS into the playout by part).
+//! - `reply` (private): one reply's task (`reply/mod.rs`: LLM steps;
+//!   `reply/tools.rs`: the calls of a step; `reply/audio.rs`: TTS into the
+//!   playout by part).
 //! - `ledger` (private): one reply's bookkeeping (pure): parts, calls and
 //!   results, what was heard, what the history keeps, the turn's metrics.
 

@@ -12,7 +12,8 @@
 //! A clear bumps the current utterance: queued frames of older utterances
 //! are dropped when the reader reaches them, so clearing never waits behind
 //! the queue. Events go through a small mutex-guarded deque (two per
-//! utterance and one per part), so the sink never blocks on the session.
+//! utterance, one per part and one per frame that carries text), so the sink
+//! never blocks on the session.
 //!
 //! An utterance is one reply's audio, numbered by [`PlayoutControl::begin`].
 //! A reply's audio comes in *parts* (each LLM step's text, each `say` of a
@@ -32,6 +33,9 @@ use crate::audio::{AudioFrame, duration_of};
 pub enum PlaybackEvent {
     /// The first frame of utterance `utterance` went to the sink.
     Started { utterance: u64 },
+    /// A frame carrying this text went to the sink: the words as they are
+    /// heard, in order (concatenated, the utterance's played text).
+    TextPlayed { utterance: u64, text: String },
     /// Every frame of `part` was played (the writer marked its end, see
     /// [`PlayoutWriter::end_part`]).
     PartPlayed { utterance: u64, part: u32 },
@@ -355,6 +359,10 @@ impl PlayoutReader {
                     if let Some((_, t)) = active.parts.last_mut() {
                         t.push_str(&text);
                     }
+                    self.shared.emit(PlaybackEvent::TextPlayed {
+                        utterance,
+                        text: text.clone(),
+                    });
                 }
                 if (new_part || !text.is_empty())
                     && let Ok(mut p) = self.shared.played.lock()
@@ -431,6 +439,13 @@ mod tests {
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         assert!(matches!(r.recv().await, Some(Playout::Frame(_))));
         assert_eq!(c.try_event(), Some(PlaybackEvent::Started { utterance: g }));
+        let text = |t: &str| {
+            Some(PlaybackEvent::TextPlayed {
+                utterance: g,
+                text: t.into(),
+            })
+        };
+        assert_eq!(c.try_event(), text("one "), "heard as it is taken");
         assert_eq!(
             c.try_event(),
             Some(PlaybackEvent::PartPlayed {
@@ -439,6 +454,7 @@ mod tests {
             }),
             "part 0 ended before part 1's frame was taken"
         );
+        assert_eq!(c.try_event(), text("two "));
         assert_eq!(
             c.played_parts(g),
             vec![(0, "one ".to_string()), (1, "two ".to_string())]
@@ -475,7 +491,14 @@ mod tests {
         assert!(matches!(r.try_recv(), Some(Playout::Frame(_))));
         w.end(g).await.expect("end");
         assert!(r.try_recv().is_none());
-        let _ = c.try_event();
+        assert_eq!(c.try_event(), Some(PlaybackEvent::Started { utterance: g }));
+        assert_eq!(
+            c.try_event(),
+            Some(PlaybackEvent::TextPlayed {
+                utterance: g,
+                text: "a".into()
+            })
+        );
         assert!(matches!(
             c.try_event(),
             Some(PlaybackEvent::Finished {

@@ -204,6 +204,12 @@ pub enum SessionEvent {
         reply: ReplyId,
         delta: String,
     },
+    /// Reply text as its audio reaches the output, in order: what the user
+    /// hears, as they hear it (for transcriptions that follow the audio).
+    AgentHeard {
+        reply: ReplyId,
+        delta: String,
+    },
     /// A reply is over: `text` is what the user heard (all of it unless
     /// interrupted), as stored in the chat.
     AgentSpoke {

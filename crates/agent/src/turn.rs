@@ -24,6 +24,9 @@
 //!   A committed user turn drops the queue: the user's words come first.
 //!   [`TurnMachine::interrupt`] cancels the reply in progress, whatever its
 //!   setting, and drops the queue.
+//!
+//! One file (~630 lines before its tests): it is one state machine, and the
+//! rules above read against its one `impl`.
 
 use std::time::{Duration, Instant};
 

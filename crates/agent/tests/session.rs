@@ -1563,3 +1563,37 @@ async fn the_history_keeps_to_its_limit() {
         "a request never carries more than the limit"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_the_user_hears_is_reported_as_the_audio_plays() {
+    let reply = "One two three four five. Six seven eight nine ten.";
+    let r = run(Setup {
+        speech: vec![(1000, 2000)],
+        total_ms: 10_000,
+        stt_script: vec!["count for me"],
+        llm: vec![Reply::Text(reply)],
+        ..Default::default()
+    })
+    .await;
+    let heard: Vec<(u64, String)> = r
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            SessionEvent::AgentHeard { delta, .. } => Some((r.at(*t), delta.clone())),
+            _ => None,
+        })
+        .collect();
+    let text: String = heard.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(text.trim(), reply, "{heard:?}");
+    // Paced by the audio (200 ms a word), not all at once when generated.
+    let (first, last) = (heard[0].0, heard[heard.len() - 1].0);
+    assert!(last - first >= 1500, "{heard:?}");
+    let generated = r
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, SessionEvent::AgentText { .. }))
+        .map(|(t, _)| r.at(*t))
+        .max()
+        .unwrap_or(0);
+    assert!(last > generated + 1000, "heard long after it was generated");
+}

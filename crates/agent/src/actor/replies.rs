@@ -195,6 +195,14 @@ impl Actor {
                 self.machine
                     .handle_input(now, Input::PlaybackStarted { reply: id });
             }
+            PlaybackEvent::TextPlayed { utterance, text } if reply.utterance == Some(utterance) => {
+                let id = reply.ledger.id();
+                self.emit(SessionEvent::AgentHeard {
+                    reply: id,
+                    delta: text,
+                })
+                .await;
+            }
             PlaybackEvent::PartPlayed { utterance, part } if reply.utterance == Some(utterance) => {
                 if let Some(i) = reply.waiters.iter().position(|(p, _)| *p == part) {
                     let (_, done) = reply.waiters.swap_remove(i);
