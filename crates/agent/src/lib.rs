@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`agents`]: [`Agent`] — instructions, tools, an LLM of its own, hooks.
-//! - [`tool`]: the [`Tool`] trait, typed tools ([`tool()`]), their context and output.
+//! - [`tool`](mod@tool): the [`Tool`] trait, typed tools ([`tool()`]), their context and output.
+//! - [`rpc`]: methods the user's frontend calls on the agent (LiveKit RPC).
 //! - [`audio`]: the PCM frame and the resampler between stage rates, the
 //!   `pcm` crate's (shared with the room participant and local I/O).
 //! - [`chat`]: the chat history, tool calls, and the bound on what is kept.
@@ -12,7 +13,7 @@
 //! - [`vad`]: per-frame voice scores → speech start, progress and end.
 //! - [`turn`]: the turn-taking state machine (pure: events in, actions out).
 //! - [`sentence`]: streaming sentence splitting for the TTS.
-//! - [`playout`]: the agent's outgoing audio queue: pause, clear, what was played.
+//! - [`playout`](mod@playout): the agent's outgoing audio queue: pause, clear, what was played.
 //! - [`clock`]: real time, or media time for files processed faster than real time.
 //! - [`session`]: the session: its handle, options, events and `start`.
 //! - `actor` (private): the session's task and its one `select!`
@@ -35,6 +36,7 @@ mod input;
 mod ledger;
 pub mod playout;
 mod reply;
+pub mod rpc;
 pub mod sentence;
 pub mod session;
 pub mod stage;
@@ -47,6 +49,7 @@ pub use audio::{AudioFrame, FrameConverter, Resampler};
 pub use chat::{ChatContext, ChatMessage, HistoryLimit, Role, ToolCall};
 pub use clock::{Clock, MediaClockDriver};
 pub use playout::{PlaybackEvent, Playout, PlayoutControl, PlayoutReader, PlayoutWriter, playout};
+pub use rpc::{RpcCall, RpcError, RpcHandler, RpcMethods};
 pub use session::{
     AudioIo, SessionClosed, SessionEvent, SessionHandle, SessionOptions, SessionSetup, SpeechDone,
     SpeechHandle, Stages, ToolOptions, TurnMetrics,

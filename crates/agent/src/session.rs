@@ -34,8 +34,9 @@ use crate::chat::{ChatContext, HistoryLimit, ToolCall};
 use crate::clock::Clock;
 use crate::playout::{PlayoutControl, PlayoutWriter};
 use crate::reply::{ReplyKind, ReplyScope, ScopedSay};
+use crate::rpc::{RpcCall, RpcError, RpcMethods};
 use crate::stage::{JobContext, Llm, StageError, Stt, Tts, TurnDetector, VadFactory};
-use crate::tool::Userdata;
+use crate::tool::{SessionContext, Userdata};
 use crate::turn::{AgentState, ReplyId, TurnOptions};
 use crate::vad::VadOptions;
 
@@ -123,6 +124,8 @@ impl Default for SessionOptions {
 pub struct SessionSetup {
     pub agent: Agent,
     pub userdata: Userdata,
+    /// Methods the user's frontend may call (LiveKit RPC).
+    pub rpc: RpcMethods,
 }
 
 impl SessionSetup {
@@ -130,7 +133,18 @@ impl SessionSetup {
         Self {
             agent,
             userdata: Userdata::default(),
+            rpc: RpcMethods::default(),
         }
+    }
+
+    /// Answers RPC method `name` (see [`RpcMethods::add`]).
+    pub fn with_rpc<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(SessionContext, RpcCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, RpcError>> + Send + 'static,
+    {
+        self.rpc.add(name, handler);
+        self
     }
 
     /// The session's own data, for its tools and hooks (`ctx.userdata::<T>()`).
@@ -348,6 +362,19 @@ impl SessionHandle {
         Self {
             commands: self.commands.clone(),
             scope: Some(scope),
+        }
+    }
+
+    /// This handle, not keeping the session alive (for code that runs on the
+    /// session's behalf, like a tool's).
+    pub fn downgrade(&self) -> SessionHandle {
+        let commands = match &self.commands {
+            CommandSender::Owner(tx) => CommandSender::Inside(tx.downgrade()),
+            CommandSender::Inside(weak) => CommandSender::Inside(weak.clone()),
+        };
+        Self {
+            commands,
+            scope: None,
         }
     }
 

@@ -237,7 +237,9 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    pub(crate) fn new(session: SessionHandle, userdata: Userdata, job: Arc<JobContext>) -> Self {
+    /// A context for code the session's owner runs on its behalf (an RPC
+    /// handler a worker calls): give it [`SessionHandle::downgrade`]d.
+    pub fn new(session: SessionHandle, userdata: Userdata, job: Arc<JobContext>) -> Self {
         Self {
             session,
             userdata,

@@ -70,6 +70,9 @@
 //! naming the keys; `download-files` says there is nothing to download.
 //!
 //! # Layout
+//! - this file: [`run`], [`run_with_args`] and [`run_stock`], the
+//!   re-exported API and the [`prelude`].
+//! - `main.rs`: the stock `voice-agent` binary ([`run_stock`]).
 //! - `app`: the command line and the runtime.
 //! - `config`: `agent-config/agent.toml`.
 //! - `stages`: config → the engines a session runs on.

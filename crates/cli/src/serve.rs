@@ -56,7 +56,8 @@ fn job_options(config: &Config, url: &str) -> JobOptions {
     JobOptions {
         connect,
         end_on_user_leave: config.worker.end_on_user_leave,
-        user_identity: None,
+        user_identity: Some(config.worker.participant_identity.trim().to_owned())
+            .filter(|i| !i.is_empty()),
         drain_timeout: Duration::from_secs_f64(config.worker.drain_timeout),
     }
 }

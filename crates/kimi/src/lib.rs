@@ -43,8 +43,11 @@
 //!
 //! - [`config`]: the `[llm]` section ([`KimiConfig`]), its defaults, and the
 //!   thinking switch's wire formats ([`ThinkingFormat`]).
-//! - [`client`]: [`KimiLlm`], the HTTP client, targets, retries, fallbacks,
-//!   timeouts and the stream that delivers chunks.
+//! - [`client`]: [`KimiLlm`] (`client/mod.rs`: the stage, its construction
+//!   and the shared HTTP client; `client/target.rs`: each (backend, model)
+//!   target's endpoint, credentials, headers and body fields;
+//!   `client/driver.rs`: one request's attempts, retries, fallbacks, timeouts
+//!   and the stream that delivers chunks).
 //! - `auth` (private): which credentials each backend takes from the
 //!   environment, and each request's bearer token (for LiveKit Inference a
 //!   JWT minted by `livekit-plumbing`, which also holds the secrets and their

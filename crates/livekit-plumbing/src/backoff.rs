@@ -7,6 +7,11 @@
 //! The jitter is "equal jitter": the wait spreads over the upper half of the
 //! nominal one, `[nominal / 2, nominal]`, so clients that failed together do
 //! not retry together, yet none retries much sooner than planned.
+//!
+//! Hand-written on purpose: `backon` runs the retry loop with its own sleep,
+//! and `backoff` (unmaintained) keeps state and reads the clock, where each
+//! caller here waits inside its own `select!` (shutdown, a `Retry-After`) and
+//! needs the wait alone: a pure function of a dozen lines, tested without a clock.
 
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //!
 //! `kimi` (the LLM through LiveKit Inference), `speech` (Inference STT and
 //! TTS), `worker` (the `/agent` socket), `mcp` (reconnects, header and
-//! environment secrets) and `room` (the signal socket) each wrote their own
-//! copy of these; they now share this one. It is a leaf of the workspace: it
+//! environment secrets) and `room` (the signal socket) take these from here
+//! rather than each keeping a copy of its own. It is a leaf of the workspace: it
 //! depends on nothing of ours and does no I/O (no socket, no runtime, no
 //! clock other than the token's `nbf`), so `agent` stays free of I/O and
 //! `room` need not know `agent` to use it.

@@ -12,7 +12,7 @@
 //! - [`echo`]: the echo canceller (and why this one).
 //! - [`display`]: the terminal status line, or plain lines when not a terminal.
 //! - [`text`]: `console --text`: each stdin line is a user turn.
-//! - [`file`]: `console --input-file IN.wav --output-file OUT.wav`.
+//! - [`file`](mod@file): `console --input-file IN.wav --output-file OUT.wav`.
 //! - [`wav`]: reading any WAV into PCM frames, writing the agent's speech and
 //!   the stereo recording.
 

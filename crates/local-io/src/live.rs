@@ -3,11 +3,11 @@
 //! Parts and owners:
 //! - the cpal streams ([`devices`]): owned here, dropped (stopping their
 //!   callbacks) after the pump is stopped;
-//! - the pump thread ([`pump`]): owned here through [`Pump`], stopped and
+//! - the pump thread ([`pump`](crate::pump)): owned here through [`Pump`], stopped and
 //!   joined on every exit path;
 //! - the session task: ends when its handle (dropped here) is gone and its
 //!   microphone channel (owned by the pump) closes; awaited before returning;
-//! - the display ([`display`]): plain text, written by this task.
+//! - the display ([`display`](crate::display)): plain text, written by this task.
 //!
 //! Device callbacks and the pump report failures on one bounded channel; the
 //! first failure ends the run with an error naming the device.

@@ -55,10 +55,14 @@
 //! - `config.rs`: [`McpServerConfig`] (serde, the `[[mcp]]` table), its
 //!   checks ([`McpServerConfig::validate`], [`validate_all`]) and the
 //!   resolution of `env:NAME` values.
-//! - `server.rs`: [`McpServer`], the handle, and the supervisor task it owns:
-//!   connecting (child process or HTTP), the MCP handshake, listing tools,
-//!   watching the connection, reconnecting, killing the process group;
-//!   [`McpStatus`].
+//! - `server/mod.rs`: [`McpServer`], the handle, and what the supervisor
+//!   publishes ([`McpStatus`], the connection every tool's call reads).
+//! - `server/supervisor.rs`: the supervisor task the handle owns: listing
+//!   tools, watching the connection (pings, failed calls, list changes),
+//!   reconnecting with backoff.
+//! - `server/connect.rs`: one connection: the child process in its own
+//!   process group (and its stderr) or the HTTP transport, the MCP handshake,
+//!   killing the process group.
 //! - `tool.rs`: one MCP tool as an [`agent::Tool`], the call path with its
 //!   timeout and cancellation, and the conversions of schemas and results.
 //! - `error.rs`: [`McpError`], the crate's one error type.

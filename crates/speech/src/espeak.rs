@@ -4,8 +4,9 @@
 //! callback, its buffers), so every call goes through one thread that owns
 //! the library: [`Espeak::global`] starts it on first use and it lives as
 //! long as the process (it sleeps on its request channel when idle). Requests
-//! are short (one sentence's phonemes, or one sentence's audio at an RTF of
-//! about 0.01), so sessions sharing the thread wait little.
+//! are short (one sentence's phonemes, or one sentence's audio, synthesised
+//! far faster than real time: `benches/engines.rs`), so sessions sharing the
+//! thread wait little.
 //!
 //! Audio is synthesised into a buffer and handed back whole; the synthesis
 //! callback never waits on a consumer, so a slow reader of one stream cannot

@@ -11,8 +11,12 @@
 //! - [`piper`]: Piper TTS (ONNX + espeak-ng phonemes).
 //! - [`espeak_tts`]: espeak-ng TTS.
 //! - `tts_stream`: the streaming/cancel machinery the local TTS engines share.
-//! - [`whisper`]: local whisper tiny.en STT (CTranslate2 weights on candle).
-//! - [`inference`]: LiveKit Inference STT and TTS (the gateway's websockets).
+//! - [`whisper`]: local whisper tiny.en STT (CTranslate2 weights on candle;
+//!   `whisper/`: `mod.rs`, `ct2.rs`, `tokenizer.rs`, `mel.rs`, `model.rs`,
+//!   `stream.rs`, each in its module's Layout).
+//! - [`inference`]: LiveKit Inference STT and TTS (the gateway's websockets;
+//!   `inference/`: `mod.rs` the connection and credentials both share,
+//!   `stt.rs`, `tts.rs`).
 //! - [`fallback`]: a primary engine with a local fallback, per stage.
 //!
 //! # Cargo features

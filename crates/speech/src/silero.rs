@@ -7,7 +7,7 @@
 //! `[1, 576]`. [`VadModel::reset`] clears both.
 //!
 //! `score` runs on the session's audio input task; one inference takes well
-//! under a millisecond on one thread (see the benchmark), so it does not need
+//! under a millisecond on one thread (`benches/engines.rs`), so it does not need
 //! a thread of its own.
 
 use std::sync::Arc;

@@ -33,6 +33,9 @@
 //! next reply: audio or `done` owed to no segment marks the connection
 //! unusable, and a pooled connection with anything waiting to be read is
 //! replaced rather than reused.
+//!
+//! One file (~620 lines before its tests): the wire protocol above, the pool
+//! and the one task that speaks it are read together, as in `stt`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

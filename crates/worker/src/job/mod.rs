@@ -16,17 +16,12 @@
 //! Transcriptions go out as `lk.transcription` text streams; the agent state
 //! is kept in our `lk.agent.state` attribute.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::playout::Playout;
-use agent::session::{self, AudioIo, SessionEvent, SessionOptions, SessionSetup, Stages};
+use agent::session::{self, AudioIo, SessionOptions, Stages};
 use agent::stage::JobContext;
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use room::{RoomEvent, RtcError};
+use room::RoomEvent;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -34,43 +29,27 @@ use crate::error::JobError;
 use crate::metrics::Metrics;
 
 pub use crate::room_writer::{AGENT_STATE_ATTRIBUTE, TRANSCRIPTION_TOPIC};
-use crate::room_writer::{RoomWriter, Transcription, state_attr};
+use crate::room_writer::{RoomWriter, state_attr};
 
+mod bridge;
+mod entrypoint;
+mod link;
+
+use bridge::{Bridge, output_pump};
+use entrypoint::run_entrypoint;
+pub use entrypoint::{BoxError, ENTRYPOINT_TIMEOUT, Entrypoint, entrypoint, fixed};
+pub use link::links_to;
+use link::{Linked, link_user};
+
+/// The text-stream topic of chat messages (livekit-client's `sendText`, as
+/// components' `useChat` sends them).
+pub const CHAT_TOPIC: &str = "lk.chat";
 /// Rate at which the user's audio is decoded for the session.
 const INPUT_RATE: u32 = 16_000;
 /// Frames between the input pump and the session (1 s of 20 ms frames).
 const INPUT_FRAMES: usize = 50;
 /// Frames the session may queue for playout ahead of the track (20 ms+ each).
 const PLAYOUT_FRAMES: usize = 32;
-
-/// An error an entrypoint returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Runs once per job with the job's context (room, metadata, the linked
-/// user) and gives the session's agent and data.
-pub type Entrypoint =
-    Arc<dyn Fn(JobContext) -> BoxFuture<'static, Result<SessionSetup, BoxError>> + Send + Sync>;
-
-/// An [`Entrypoint`] from an async function.
-pub fn entrypoint<F, Fut, S>(f: F) -> Entrypoint
-where
-    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
-    S: Into<SessionSetup>,
-{
-    Arc::new(move |job| {
-        let fut = f(job);
-        Box::pin(async move { fut.await.map(Into::into) })
-    })
-}
-
-/// An [`Entrypoint`] that gives every job the same agent.
-pub fn fixed(setup: SessionSetup) -> Entrypoint {
-    Arc::new(move |_job| {
-        let setup = setup.clone();
-        Box::pin(async move { Ok(setup) })
-    })
-}
 
 /// What every session in this worker runs on.
 #[derive(Clone)]
@@ -173,7 +152,7 @@ pub async fn run(
             .await;
 
         let Some(Linked { user, early_tracks }) =
-            link_user(&mut room_events, &options, &mut stop, &job.job_id).await?
+            link_user(&mut room_events, &room.local_participant().identity, &options, &mut stop, &job.job_id).await?
         else {
             return Ok(()); // told to stop before anyone came
         };
@@ -211,6 +190,7 @@ pub async fn run(
             user_track_sid: String::new(),
             user_segment: 0,
             agent_text: String::new(),
+            agent_sent_at: None,
             metrics: metrics.clone(),
         };
         let mut input_pump: Option<Owned> = None;
@@ -251,6 +231,15 @@ pub async fn run(
                     Some(RoomEvent::TrackSubscribed(t)) => {
                         if bridge.listen_to(t, &mut input_pump, &input_tx, factory.stages.stt.is_some()) {
                             enter_at = enter_at.map(|_| tokio::time::Instant::now());
+                        }
+                    }
+                    // Typed chat from the user (components' useChat): a turn
+                    // of its own, interrupting the agent. Others' are ignored.
+                    Some(RoomEvent::TextStreamReceived(t))
+                        if t.topic == CHAT_TOPIC && t.participant_identity == bridge.user =>
+                    {
+                        if let Some(h) = handle.clone() {
+                            requests.spawn(async move { let _ = h.user_text(t.text).await; });
                         }
                     }
                     Some(_) => {}
@@ -312,240 +301,9 @@ pub async fn run(
 /// How long after the session starts the agent enters (greets) when the user
 /// publishes no audio (a text-only client).
 pub const ENTER_WITHOUT_AUDIO: Duration = Duration::from_secs(2);
-/// Tracks of the user kept while the entrypoint runs.
-const EARLY_TRACKS: usize = 4;
-
-/// Participant kinds a session talks to, as LiveKit Agents links them:
-/// standard clients, SIP callers, connectors (`ParticipantInfo.Kind`).
-const USER_KINDS: [i32; 3] = [0, 3, 7];
-
-/// Whether the session links to `p`: a person (not an agent, a recorder or
-/// an ingress), and the configured identity if one is set.
-pub fn links_to(p: &room::Participant, wanted: Option<&str>) -> bool {
-    USER_KINDS.contains(&p.kind) && wanted.is_none_or(|w| w == p.identity)
-}
-
-/// The user, and their audio tracks subscribed before the session started.
-struct Linked {
-    user: room::Participant,
-    early_tracks: Vec<room::RemoteAudioTrack>,
-}
-
-/// Waits for the first participant the session links to. `None` when told to
-/// stop first.
-async fn link_user(
-    room_events: &mut mpsc::Receiver<RoomEvent>,
-    options: &JobOptions,
-    stop: &mut watch::Receiver<Stop>,
-    job_id: &str,
-) -> Result<Option<Linked>, JobError> {
-    let wanted = options.user_identity.as_deref();
-    let mut tracks: Vec<room::RemoteAudioTrack> = Vec::new();
-    loop {
-        tokio::select! {
-            event = room_events.recv() => match event {
-                None | Some(RoomEvent::Disconnected(_)) => return Err(JobError::RoomLost),
-                Some(RoomEvent::ParticipantJoined(p)) if links_to(&p, wanted) => {
-                    tracks.retain(|t| t.participant_identity() == p.identity);
-                    return Ok(Some(Linked { user: p, early_tracks: tracks }));
-                }
-                Some(RoomEvent::ParticipantJoined(p)) => {
-                    tracing::debug!(job = %job_id, identity = %p.identity, kind = p.kind, "not a user to talk to");
-                }
-                Some(RoomEvent::TrackSubscribed(t)) => {
-                    // Its publisher's join may come after it.
-                    if tracks.len() < EARLY_TRACKS {
-                        tracks.push(t);
-                    }
-                }
-                Some(_) => {}
-            },
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow_and_update() != Stop::Run {
-                    return Ok(None);
-                }
-            }
-        }
-    }
-}
-
-/// Runs the entrypoint; its failure, panic or hang fails this job only.
-async fn run_entrypoint(
-    entrypoint: &Entrypoint,
-    context: JobContext,
-) -> Result<SessionSetup, JobError> {
-    let call = AssertUnwindSafe(entrypoint(context)).catch_unwind();
-    match tokio::time::timeout(ENTRYPOINT_TIMEOUT, call).await {
-        Err(_) => Err(JobError::EntrypointTimeout(ENTRYPOINT_TIMEOUT)),
-        Ok(Err(_panic)) => {
-            tracing::error!("the entrypoint panicked");
-            Err(JobError::EntrypointPanicked)
-        }
-        Ok(Ok(Err(e))) => Err(JobError::Entrypoint(error_chain(e.as_ref()))),
-        Ok(Ok(Ok(setup))) => Ok(setup),
-    }
-}
-
-/// The longest an entrypoint may take to give its agent.
-pub const ENTRYPOINT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Turns session events into room writes (queued; see [`RoomWriter`]).
-struct Bridge {
-    writer: RoomWriter,
-    job_id: String,
-    agent_track_sid: String,
-    /// The linked user's identity.
-    user: String,
-    user_track_sid: String,
-    /// Numbers the user's transcript segments; bumped after each final one.
-    user_segment: u64,
-    /// The reply text streamed so far.
-    agent_text: String,
-    metrics: Arc<Metrics>,
-}
-
-impl Bridge {
-    /// Feeds the session from `track` if it is the user's; true if it is.
-    fn listen_to(
-        &mut self,
-        track: room::RemoteAudioTrack,
-        pump: &mut Option<Owned>,
-        input: &mpsc::Sender<agent::AudioFrame>,
-        hears: bool,
-    ) -> bool {
-        if track.participant_identity() != self.user {
-            return false;
-        }
-        if hears {
-            self.user_track_sid = track.sid().to_owned();
-            match track.into_stream(INPUT_RATE) {
-                Ok(stream) => {
-                    *pump = Some(Owned(tokio::spawn(input_pump_task(stream, input.clone()))));
-                }
-                Err(e) => {
-                    tracing::warn!(job = %self.job_id, error = %e, "cannot decode the user's track")
-                }
-            }
-        }
-        true
-    }
-
-    fn session_event(&mut self, event: SessionEvent) {
-        match event {
-            SessionEvent::AgentState(s) => self.writer.set_state(s),
-            SessionEvent::UserTranscript { text, is_final } => {
-                let segment = format!("SG_{}_user_{}", self.job_id, self.user_segment);
-                let track_sid = self.user_track_sid.clone();
-                self.writer.transcription(Transcription {
-                    text,
-                    segment,
-                    track_sid,
-                    is_final,
-                });
-                if is_final {
-                    self.user_segment += 1;
-                }
-            }
-            SessionEvent::AgentText { reply, delta } => {
-                self.agent_text.push_str(&delta);
-                // Interim agent transcription at each sentence end.
-                if delta.contains(['.', '!', '?']) {
-                    self.writer.transcription(Transcription {
-                        text: self.agent_text.clone(),
-                        segment: format!("SG_{}_agent_{reply}", self.job_id),
-                        track_sid: self.agent_track_sid.clone(),
-                        is_final: false,
-                    });
-                }
-            }
-            SessionEvent::AgentSpoke {
-                reply,
-                text,
-                interrupted,
-            } => {
-                self.agent_text.clear();
-                tracing::info!(job = %self.job_id, reply, interrupted, "agent spoke");
-                self.writer.transcription(Transcription {
-                    text,
-                    segment: format!("SG_{}_agent_{reply}", self.job_id),
-                    track_sid: self.agent_track_sid.clone(),
-                    is_final: true,
-                });
-            }
-            SessionEvent::Metrics(m) => {
-                tracing::info!(
-                    job = %self.job_id,
-                    end_to_end_ms = m.end_to_end.map(|d| d.as_millis() as u64),
-                    llm_ttft_ms = m.llm_ttft.map(|d| d.as_millis() as u64),
-                    tts_ttfb_ms = m.tts_ttfb.map(|d| d.as_millis() as u64),
-                    "turn metrics"
-                );
-                self.metrics.turn(&m);
-            }
-            SessionEvent::Error { stage, error } => {
-                tracing::warn!(job = %self.job_id, stage, kind = error.kind.as_str(), "stage error");
-                self.metrics.error(stage, error.kind.as_str());
-            }
-            SessionEvent::ToolCalls { reply, calls } => {
-                for call in calls {
-                    tracing::info!(job = %self.job_id, reply, tool = %call.name, id = %call.id, "tool call");
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// User PCM → session input. Ends when the track ends or the session's input closes.
-async fn input_pump_task(mut stream: room::AudioStream, tx: mpsc::Sender<agent::AudioFrame>) {
-    while let Some(frame) = stream.recv().await {
-        if tx.send(frame).await.is_err() {
-            break;
-        }
-    }
-}
-
-/// Session playout → our track, paced by the track's queue. `Cleared` (an
-/// interruption) drops what the track has queued at once.
-async fn output_pump(mut reader: agent::PlayoutReader, track: room::LocalAudioTrack) {
-    let rate = track.sample_rate();
-    while let Some(item) = reader.recv().await {
-        match item {
-            Playout::Cleared => track.clear_queue(),
-            Playout::Frame(frame) => {
-                if frame.sample_rate != rate {
-                    tracing::warn!(
-                        got = frame.sample_rate,
-                        want = rate,
-                        "playout frame at the wrong rate dropped"
-                    );
-                    continue;
-                }
-                // The track down-mixes to its one channel.
-                match track.capture_frame(frame).await {
-                    Ok(()) => {}
-                    Err(RtcError::Closed) => break,
-                    Err(e) => tracing::warn!(error = %e, "cannot queue agent audio"),
-                }
-            }
-        }
     }
 }
