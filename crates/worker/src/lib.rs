@@ -34,7 +34,10 @@
 //! | `protocol.rs` | the worker protocol as a pure state machine (register, availability, assignment, status) |
 //! | `worker.rs` | the loop around it: socket, reconnect, jobs, load ticks, drain |
 //! | `conn.rs` | the `/agent` URL, the room token, framing, the reconnect schedule (URL building, tokens and the backoff function are `livekit-plumbing`'s) |
-//! | `job.rs` | one job: link the user, run the entrypoint, room ↔ session (audio both ways, events) |
+//! | `job/mod.rs` | one job: join, link the user, run the entrypoint, the loop between room and session |
+//! | `job/link.rs` | who the session talks to (participant kinds, a configured identity) |
+//! | `job/entrypoint.rs` | the per-room entrypoint and how its failure stays in its job |
+//! | `job/bridge.rs` | session events → room writes (state, transcriptions), audio both ways |
 //! | `room_writer.rs` | the job's room writes (agent state, transcriptions) on their own task |
 //! | `load.rs` | CPU moving average |
 //! | `metrics.rs` | counters, gauges and histograms in a `prometheus-client` registry, OpenMetrics text |
